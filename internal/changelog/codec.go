@@ -1,0 +1,58 @@
+package changelog
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// wireRecord is Record as one NDJSON line: ts always UTC with milliseconds.
+type wireRecord struct {
+	Seq    int64           `json:"seq"`
+	TS     string          `json:"ts"`
+	Op     Op              `json:"op"`
+	Key    string          `json:"key"`
+	Source Source          `json:"source"`
+	Fields json.RawMessage `json:"fields,omitempty"`
+}
+
+// MarshalJSON writes the record exactly as DESIGN §3.3 shows it.
+func (r Record) MarshalJSON() ([]byte, error) {
+	return json.Marshal(wireRecord{Seq: r.Seq, TS: r.TS.UTC().Format(TSFormat), Op: r.Op, Key: r.Key, Source: r.Source, Fields: r.Fields})
+}
+
+// UnmarshalJSON reads one record and checks the envelope: a record with a
+// bad op, no key or an unparseable ts is an error, never a silent zero.
+func (r *Record) UnmarshalJSON(data []byte) error {
+	var w wireRecord
+	if err := json.Unmarshal(data, &w); err != nil {
+		return err
+	}
+	ts, err := time.Parse(time.RFC3339Nano, w.TS)
+	if err != nil {
+		return fmt.Errorf("record seq %d: bad ts %q", w.Seq, w.TS)
+	}
+	if w.Op != OpUpsert && w.Op != OpDelete {
+		return fmt.Errorf("record seq %d: bad op %q", w.Seq, w.Op)
+	}
+	if w.Seq < 1 {
+		return fmt.Errorf("record seq %d: seq must be >= 1", w.Seq)
+	}
+	fields := w.Fields
+	if len(fields) == 0 || bytes.Equal(fields, []byte("null")) {
+		fields = nil
+	}
+	*r = Record{Seq: w.Seq, TS: ts, Op: w.Op, Key: w.Key, Source: w.Source, Fields: fields}
+	return nil
+}
+
+// AppendLine appends the record and a newline to buf.
+func AppendLine(buf []byte, r *Record) ([]byte, error) {
+	data, err := r.MarshalJSON()
+	if err != nil {
+		return buf, fmt.Errorf("encode record seq %d: %w", r.Seq, err)
+	}
+	buf = append(buf, data...)
+	return append(buf, '\n'), nil
+}

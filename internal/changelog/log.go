@@ -1,0 +1,280 @@
+package changelog
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/azstore"
+)
+
+// Log is one pipeline's change log in a store.
+type Log struct {
+	store    *azstore.Store
+	pipeline string
+	log      *slog.Logger
+	now      func() time.Time
+}
+
+// Options tune a Log.
+type Options struct {
+	Logger *slog.Logger
+	// Now is the capture clock; nil is time.Now.
+	Now func() time.Time
+}
+
+// New returns the log of pipeline in store.
+func New(store *azstore.Store, pipeline string, opts Options) *Log {
+	l := &Log{store: store, pipeline: pipeline, log: opts.Logger, now: opts.Now}
+	if l.log == nil {
+		l.log = slog.New(slog.DiscardHandler)
+	}
+	if l.now == nil {
+		l.now = time.Now
+	}
+	return l
+}
+
+// Pipeline names the log's pipeline.
+func (l *Log) Pipeline() string { return l.pipeline }
+
+// Appender writes records past the committed head. One process at a time
+// should append (the read lease sees to that); when two do, the fence makes
+// sure that only one can commit and the other gets ErrConflict.
+type Appender struct {
+	l     *Log
+	st    *State
+	runID string
+
+	next   int64     // seq of the next record
+	lastTS time.Time // ts of the last record added
+
+	// The open segment: records gzip-compressed into buf.
+	buf      bytes.Buffer
+	gz       *gzip.Writer
+	segFirst int64
+	segCount int
+	segTS    [2]time.Time
+	line     []byte
+
+	written int64 // last seq written in a segment blob
+}
+
+// NewAppender takes over the log for appending: it fences out every earlier
+// writer by bumping st.Fence (compare-and-swap), then removes orphans — the
+// segments past the committed head that a dead or fenced-out writer left.
+// st must be freshly loaded; on ErrConflict load it again.
+func (l *Log) NewAppender(ctx context.Context, st *State) (*Appender, error) {
+	st.Fence++
+	if err := l.SaveState(ctx, st); err != nil {
+		st.Fence--
+		return nil, fmt.Errorf("fence pipeline %s: %w", l.pipeline, err)
+	}
+	if err := l.removeOrphans(ctx, st); err != nil {
+		return nil, err
+	}
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	a := &Appender{l: l, st: st, runID: hex.EncodeToString(b), next: st.Head.Seq + 1, lastTS: st.Head.TS, written: st.Head.Seq}
+	return a, nil
+}
+
+// removeOrphans deletes segments whose first seq is past the committed head.
+//
+// Invariant 1: committed segments are never rewritten. An orphan is deleted
+// only by its own ETag, and only after this writer's fence is in place and
+// has been re-read unchanged after the listing: any segment seen in the
+// listing was then either uncommitted for good (its writer was fenced out
+// before it could commit) or written under a later fence, which the re-read
+// would have shown. So a committed segment is never deleted, even by a
+// writer that was paused and lost its lease.
+func (l *Log) removeOrphans(ctx context.Context, st *State) error {
+	var orphans []segment
+	for b := bucketOf(st.Head.Seq + 1); ; b++ {
+		found := false
+		err := l.store.List(ctx, l.bucketPrefix(b), func(bi azstore.BlobInfo) error {
+			s, err := parseSegment(bi.Name, string(bi.ETag), bi.Metadata)
+			if err != nil {
+				// A segment whose metadata was never completed cannot be
+				// committed; treat unparseable blobs past the head as orphans.
+				if first, ok := firstFromName(bi.Name); ok && first > st.Head.Seq {
+					orphans = append(orphans, segment{name: bi.Name, etag: string(bi.ETag), first: first})
+					found = true
+				}
+				return nil
+			}
+			if s.first > st.Head.Seq {
+				orphans = append(orphans, s)
+				found = true
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("list orphans of pipeline %s: %w", l.pipeline, err)
+		}
+		// Orphans of one writer are contiguous from its head and no segment
+		// spans a whole bucket, so the first bucket without one ends the search.
+		if !found {
+			break
+		}
+	}
+	if len(orphans) == 0 {
+		return nil
+	}
+	cur, err := l.LoadState(ctx)
+	if err != nil {
+		return err
+	}
+	if cur.etag != st.etag {
+		return fmt.Errorf("remove orphans of pipeline %s: %w", l.pipeline, ErrConflict)
+	}
+	for _, o := range orphans {
+		if err := l.store.Delete(ctx, o.name, azstore.ETag(o.etag)); err != nil &&
+			!errors.Is(err, azstore.ErrNotFound) && !errors.Is(err, azstore.ErrConflict) {
+			return fmt.Errorf("remove orphan segment %s: %w", o.name, err)
+		}
+		l.log.Info("removed orphan segment", "pipeline", l.pipeline, "segment", o.name, "first", o.first, "head", st.Head.Seq)
+	}
+	return nil
+}
+
+func firstFromName(name string) (int64, bool) {
+	s, err := parseSegment(name, "", map[string]string{})
+	if err == nil {
+		return s.first, true
+	}
+	i := len(name) - len("00000000000000000000.ndjson.gz")
+	if i < 0 {
+		return 0, false
+	}
+	v, err := strconv.ParseInt(name[i:i+20], 10, 64)
+	return v, err == nil
+}
+
+// Head returns the seq and ts the next commit would set.
+func (a *Appender) Head() Head { return Head{Seq: a.next - 1, TS: a.lastTS} }
+
+// Add gives rec the next seq and a capture ts of max(now, last ts) — so ts
+// never goes backwards even when the clocks of two instances differ — and
+// buffers it. A full segment is written out by itself; nothing is visible
+// to readers before Commit.
+func (a *Appender) Add(ctx context.Context, rec *Record) error {
+	ts := a.l.now().UTC().Truncate(time.Millisecond)
+	if ts.Before(a.lastTS) {
+		ts = a.lastTS
+	}
+	rec.Seq, rec.TS = a.next, ts
+	var err error
+	a.line, err = AppendLine(a.line[:0], rec)
+	if err != nil {
+		return err
+	}
+	if a.gz == nil {
+		a.buf.Reset()
+		a.gz, _ = gzip.NewWriterLevel(&a.buf, gzip.BestSpeed)
+		a.segFirst, a.segCount = rec.Seq, 0
+		a.segTS[0] = ts
+	} else if a.segCount > 0 && a.buf.Len() > 0 && a.buf.Len()+len(a.line)/4 > MaxSegmentBytes {
+		// Estimate: a line compresses to well under a quarter of its size.
+		if err := a.Flush(ctx); err != nil {
+			return err
+		}
+		return a.Add(ctx, rec)
+	}
+	if _, err := a.gz.Write(a.line); err != nil {
+		return fmt.Errorf("compress record %d: %w", rec.Seq, err)
+	}
+	a.segCount++
+	a.segTS[1] = ts
+	a.next++
+	a.lastTS = ts
+	if a.segCount >= MaxSegmentRecords {
+		return a.Flush(ctx)
+	}
+	return nil
+}
+
+// Flush writes the open segment, if any, as a create-only blob.
+//
+// Invariant 1: segments are create-only (If-None-Match: *). A stale writer
+// that reaches the same name after someone else wrote it gets a conflict and
+// can never replace what is there.
+func (a *Appender) Flush(ctx context.Context) error {
+	if a.gz == nil {
+		return nil
+	}
+	if err := a.gz.Close(); err != nil {
+		return fmt.Errorf("compress segment %d: %w", a.segFirst, err)
+	}
+	last := a.segFirst + int64(a.segCount) - 1
+	md := map[string]string{
+		mdFirst:   strconv.FormatInt(a.segFirst, 10),
+		mdLast:    strconv.FormatInt(last, 10),
+		mdCount:   strconv.Itoa(a.segCount),
+		mdFirstTS: a.segTS[0].Format(time.RFC3339Nano),
+		mdLastTS:  a.segTS[1].Format(time.RFC3339Nano),
+		mdFence:   strconv.FormatInt(a.st.Fence, 10),
+		mdRun:     a.runID,
+	}
+	name := a.l.segmentName(a.segFirst)
+	if _, err := a.l.store.Create(ctx, name, a.buf.Bytes(), md); err != nil {
+		if errors.Is(err, azstore.ErrConflict) {
+			return fmt.Errorf("write segment %d of pipeline %s: %w (a newer writer took over)", a.segFirst, a.l.pipeline, ErrConflict)
+		}
+		return fmt.Errorf("write segment %d of pipeline %s: %w", a.segFirst, a.l.pipeline, err)
+	}
+	a.gz = nil
+	a.written = last
+	return nil
+}
+
+// Commit writes the open segment and moves the head to the last record added,
+// together with whatever update changes in the state (the read path sets the
+// cursor there, so head and cursor move in one compare-and-swap).
+// ErrConflict means another writer fenced this one out: stop.
+func (a *Appender) Commit(ctx context.Context, update func(*State)) error {
+	if err := a.Flush(ctx); err != nil {
+		return err
+	}
+	prev := *a.st
+	a.st.Head = a.Head()
+	if update != nil {
+		update(a.st)
+	}
+	if err := a.l.SaveState(ctx, a.st); err != nil {
+		etag := a.st.etag
+		*a.st = prev
+		a.st.etag = etag
+		return fmt.Errorf("commit head %d of pipeline %s: %w", a.next-1, a.l.pipeline, err)
+	}
+	return nil
+}
+
+// State is the state as last committed by this appender.
+func (a *Appender) State() *State { return a.st }
+
+// listBucket returns the segments of bucket b in seq order.
+func (l *Log) listBucket(ctx context.Context, b int64) ([]segment, error) {
+	var segs []segment
+	err := l.store.List(ctx, l.bucketPrefix(b), func(bi azstore.BlobInfo) error {
+		s, err := parseSegment(bi.Name, string(bi.ETag), bi.Metadata)
+		if err != nil {
+			return err
+		}
+		segs = append(segs, s)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list log of pipeline %s: %w", l.pipeline, err)
+	}
+	sort.Slice(segs, func(i, j int) bool { return segs[i].first < segs[j].first })
+	return segs, nil
+}
