@@ -1,0 +1,100 @@
+// Package checkpoint owns the per-destination state document,
+// <pipeline>/dest/<destination>.json: how far the destination has applied the
+// log, its replay generation and ownership epoch, and its health. Every write
+// is a compare-and-swap; this package never decides what the values should be.
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/azstore"
+)
+
+// ErrConflict means someone else (a replay, another drain) changed the
+// checkpoint since it was loaded.
+var ErrConflict = errors.New("checkpoint changed by someone else")
+
+// DeadLetters summarises what was set aside for this destination.
+type DeadLetters struct {
+	Count    int64 `json:"count"`
+	FirstSeq int64 `json:"firstSeq,omitempty"`
+	LastSeq  int64 `json:"lastSeq,omitempty"`
+}
+
+// Replay is one operator rewind, kept for audit.
+type Replay struct {
+	At         time.Time `json:"at"`
+	By         string    `json:"by,omitempty"`
+	From       string    `json:"from,omitempty"` // the time asked for, if any
+	FromSeq    int64     `json:"fromSeq"`
+	Previous   int64     `json:"previous"` // checkpoint before the rewind
+	Generation int64     `json:"generation"`
+}
+
+// Checkpoint is one destination's drain state.
+type Checkpoint struct {
+	// Seq is the last seq applied or dead-lettered (Invariant 4).
+	Seq int64 `json:"seq"`
+	// Generation counts replays; event ids carry it (DESIGN §3.4).
+	Generation int64 `json:"generation"`
+	// Epoch is bumped by every drain that takes the destination and by every
+	// replay, so that an older drain can be refused (Invariant 5).
+	Epoch int64 `json:"epoch"`
+	// TS is the capture time of the record at Seq (lag by event time).
+	TS          time.Time   `json:"ts,omitzero"`
+	UpdatedAt   time.Time   `json:"updatedAt,omitzero"`
+	LastError   string      `json:"lastError,omitempty"`
+	LastErrorAt time.Time   `json:"lastErrorAt,omitzero"`
+	Halted      bool        `json:"halted,omitempty"`
+	DeadLetters DeadLetters `json:"deadLetters"`
+	// DeadLetterRun counts consecutive batches that dead-lettered records.
+	DeadLetterRun int      `json:"deadLetterRun,omitempty"`
+	Replays       []Replay `json:"replays,omitempty"`
+
+	etag azstore.ETag
+}
+
+// MaxReplays bounds the audit trail kept in the document.
+const MaxReplays = 50
+
+// Name is the blob name of a destination's checkpoint.
+func Name(pipeline, destination string) string {
+	return pipeline + "/dest/" + destination + ".json"
+}
+
+// Load reads a destination's checkpoint; one never written is zero.
+func Load(ctx context.Context, st *azstore.Store, pipeline, destination string) (*Checkpoint, error) {
+	var cp Checkpoint
+	etag, err := st.ReadDoc(ctx, Name(pipeline, destination), &cp)
+	if errors.Is(err, azstore.ErrNotFound) {
+		return &Checkpoint{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load checkpoint of %s/%s: %w", pipeline, destination, err)
+	}
+	cp.etag = etag
+	return &cp, nil
+}
+
+// Save writes cp if nobody changed it since it was loaded, and remembers the
+// new version. A lost race is ErrConflict.
+//
+// Invariant 5: checkpoints move by compare-and-swap, and an operator's rewind
+// wins — a drain whose save fails here must stop, never merge.
+func Save(ctx context.Context, st *azstore.Store, pipeline, destination string, cp *Checkpoint) error {
+	if len(cp.Replays) > MaxReplays {
+		cp.Replays = cp.Replays[len(cp.Replays)-MaxReplays:]
+	}
+	etag, err := st.WriteDoc(ctx, Name(pipeline, destination), cp, cp.etag)
+	if errors.Is(err, azstore.ErrConflict) {
+		return fmt.Errorf("save checkpoint of %s/%s: %w", pipeline, destination, ErrConflict)
+	}
+	if err != nil {
+		return fmt.Errorf("save checkpoint of %s/%s: %w", pipeline, destination, err)
+	}
+	cp.etag = etag
+	return nil
+}
