@@ -1,0 +1,417 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/azstore"
+	"github.com/sluicehq/sluice/internal/changelog"
+	"github.com/sluicehq/sluice/internal/checkpoint"
+	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/sink"
+)
+
+// WriteQueue is the queue of wake-ups, one message per destination.
+const WriteQueue = "sluice-write"
+
+// WakeUp is the write queue's message (DESIGN §3.5).
+type WakeUp struct {
+	Pipeline    string `json:"pipeline"`
+	Destination string `json:"destination"`
+	Head        int64  `json:"head,omitempty"`
+}
+
+// SinkOpener opens the sink of a destination. cmd/sluice wires the real
+// ones; the engine never imports a driver or SDK.
+type SinkOpener func(ctx context.Context, p *config.Pipeline, d *config.Destination) (sink.Sink, error)
+
+// Drainer runs the Write protocol of DESIGN §4 for one destination at a time.
+type Drainer struct {
+	Store *azstore.Store
+	Open  SinkOpener
+	Log   *slog.Logger
+	// Queue receives continuations and wake-ups; default WriteQueue.
+	Queue string
+	// LeaseDuration of the destination lease (15..60 s); default 60 s.
+	LeaseDuration time.Duration
+	// HaltAfter is how many batches in a row may dead-letter records before
+	// the destination is halted (then it is the destination, not the data).
+	HaltAfter int
+	// MaxBackoff caps the wait between retries of a failing batch.
+	MaxBackoff time.Duration
+	Now        func() time.Time
+}
+
+// DrainRequest says what to drain and within what limits.
+type DrainRequest struct {
+	Pipeline    *config.Pipeline
+	Destination *config.Destination
+	// Head is the head the wake-up carried; 0 when unknown.
+	Head int64
+	// Deadline is when the invocation must have finished (the host's
+	// functionTimeout); the drain stops starting batches well before it.
+	Deadline time.Time
+	// LastAttempt is true on the host's last delivery of the message
+	// (DequeueCount >= maxDequeueCount): a failure is recorded on the
+	// checkpoint and the invocation completes instead of failing.
+	LastAttempt bool
+	// Resume lets the drain continue a halted destination (sluice write,
+	// replay); queue wake-ups leave a halted destination alone.
+	Resume bool
+	// Progress, if set, is called after each batch.
+	Progress func(done, total int64)
+}
+
+// Outcome says how a drain ended.
+type Outcome string
+
+// Drain outcomes.
+const (
+	OutcomeIdle      Outcome = "idle"      // nothing to do
+	OutcomeBusy      Outcome = "busy"      // another drain holds the lease
+	OutcomeDrained   Outcome = "drained"   // reached the head
+	OutcomeContinued Outcome = "continued" // budget spent, continuation enqueued
+	OutcomeRewound   Outcome = "rewound"   // a replay took over; wake-up enqueued
+	OutcomeHalted    Outcome = "halted"    // the destination is halted
+	OutcomeFailed    Outcome = "failed"    // recorded on the checkpoint (last attempt)
+)
+
+// DrainResult reports what a drain did.
+type DrainResult struct {
+	Outcome      Outcome `json:"outcome"`
+	From         int64   `json:"from"`
+	To           int64   `json:"to"`
+	Head         int64   `json:"head"`
+	Applied      int64   `json:"applied"`
+	DeadLettered int64   `json:"deadLettered"`
+	Error        string  `json:"error,omitempty"`
+}
+
+func (d *Drainer) defaults() {
+	if d.Queue == "" {
+		d.Queue = WriteQueue
+	}
+	if d.LeaseDuration == 0 {
+		d.LeaseDuration = 60 * time.Second
+	}
+	if d.HaltAfter == 0 {
+		d.HaltAfter = 3
+	}
+	if d.MaxBackoff == 0 {
+		d.MaxBackoff = 30 * time.Second
+	}
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	if d.Log == nil {
+		d.Log = slog.New(slog.DiscardHandler)
+	}
+}
+
+func lockName(pipeline, destination string) string { return pipeline + "/lock/" + destination }
+
+// Drain applies the committed records past the destination's checkpoint.
+// It returns an error only when the host should retry the invocation.
+func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, error) {
+	d.defaults()
+	p, dst := req.Pipeline, req.Destination
+	log := d.Log.With("pipeline", p.Name, "destination", dst.Name)
+
+	cp, err := checkpoint.Load(ctx, d.Store, p.Name, dst.Name)
+	if err != nil {
+		return DrainResult{}, err
+	}
+	// Write 1: a wake-up whose head the checkpoint already passed is done.
+	if req.Head > 0 && req.Head <= cp.Seq {
+		return DrainResult{Outcome: OutcomeIdle, From: cp.Seq, To: cp.Seq, Head: req.Head}, nil
+	}
+	if cp.Halted && !req.Resume {
+		return DrainResult{Outcome: OutcomeHalted, From: cp.Seq, To: cp.Seq, Error: cp.LastError}, nil
+	}
+	lease, err := d.Store.AcquireLease(ctx, lockName(p.Name, dst.Name), d.LeaseDuration)
+	if errors.Is(err, azstore.ErrLeaseHeld) {
+		// The holder will see the new head before it stops.
+		return DrainResult{Outcome: OutcomeBusy, From: cp.Seq, To: cp.Seq}, nil
+	}
+	if err != nil {
+		return DrainResult{}, err
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stopKeep := lease.Keep(ctx, func(err error) { cancel(fmt.Errorf("destination lease lost: %w", err)) })
+	defer func() {
+		stopKeep()
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		_ = lease.Release(rctx)
+		rcancel()
+	}()
+
+	// Invariant 5: taking the destination bumps its epoch by
+	// compare-and-swap, so a paused older drain is refused from here on.
+	cp, err = d.bumpEpoch(ctx, p.Name, dst.Name)
+	if err != nil {
+		return DrainResult{}, err
+	}
+	if cp.Halted && !req.Resume {
+		return DrainResult{Outcome: OutcomeHalted, From: cp.Seq, To: cp.Seq, Error: cp.LastError}, nil
+	}
+	if req.Resume {
+		// An operator asked: give the destination a fresh start.
+		cp.DeadLetterRun, cp.Halted = 0, false
+	}
+	lg := changelog.New(d.Store, p.Name, changelog.Options{Logger: d.Log})
+	st, err := lg.LoadState(ctx)
+	if err != nil {
+		return DrainResult{}, err
+	}
+	res := DrainResult{From: cp.Seq, To: cp.Seq, Head: st.Head.Seq}
+	if st.Head.Seq <= cp.Seq {
+		res.Outcome = OutcomeIdle
+		if cp.Halted || cp.LastError != "" {
+			cp.Halted, cp.LastError = false, ""
+			_ = checkpoint.Save(ctx, d.Store, p.Name, dst.Name, cp)
+		}
+		return res, nil
+	}
+	sk, err := d.Open(ctx, p, dst)
+	if err != nil {
+		return d.fail(ctx, req, cp, res, fmt.Errorf("open destination %s/%s: %w", p.Name, dst.Name, err))
+	}
+	defer sk.Close()
+
+	res, err = d.run(ctx, req, lg, st.Head, cp, sk, res, log)
+	if err != nil {
+		if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil && !errors.Is(cause, context.Canceled) {
+			err = fmt.Errorf("%w (%v)", err, cause)
+		}
+		return d.fail(ctx, req, cp, res, err)
+	}
+	if res.Outcome == OutcomeContinued || res.Outcome == OutcomeRewound {
+		// Write 3: release first, so the continuation finds the lease free.
+		stopKeep()
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		_ = lease.Release(rctx)
+		rcancel()
+		head := res.Head
+		if s2, err := lg.LoadState(ctx); err == nil {
+			head = s2.Head.Seq
+		}
+		if err := d.Store.Enqueue(ctx, d.Queue, WakeUp{Pipeline: p.Name, Destination: dst.Name, Head: head}); err != nil {
+			// A lost continuation would wait for the next tick; fail so the
+			// host retries now.
+			return res, fmt.Errorf("enqueue continuation for %s/%s: %w", p.Name, dst.Name, err)
+		}
+	}
+	return res, nil
+}
+
+func (d *Drainer) bumpEpoch(ctx context.Context, pipeline, destination string) (*checkpoint.Checkpoint, error) {
+	for attempt := 0; ; attempt++ {
+		cp, err := checkpoint.Load(ctx, d.Store, pipeline, destination)
+		if err != nil {
+			return nil, err
+		}
+		cp.Epoch++
+		err = checkpoint.Save(ctx, d.Store, pipeline, destination, cp)
+		if err == nil {
+			return cp, nil
+		}
+		if !errors.Is(err, checkpoint.ErrConflict) || attempt >= 5 {
+			return nil, err
+		}
+	}
+}
+
+// run streams (checkpoint, head] in batches into the sink.
+func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, head changelog.Head, cp *checkpoint.Checkpoint, sk sink.Sink, res DrainResult, log *slog.Logger) (DrainResult, error) {
+	p, dst := req.Pipeline, req.Destination
+	batchSize := dst.BatchSize
+	if batchSize <= 0 {
+		batchSize = 1000
+	}
+	sc := lg.Scan(ctx, cp.Seq+1, head.Seq)
+	defer sc.Close()
+	batch := make([]changelog.Record, 0, batchSize)
+	var slowest time.Duration
+	total := head.Seq - cp.Seq
+	for {
+		batch = batch[:0]
+		for len(batch) < batchSize && sc.Next() {
+			batch = append(batch, *sc.Record())
+		}
+		if err := sc.Err(); err != nil {
+			return res, err
+		}
+		if len(batch) == 0 {
+			res.Outcome = OutcomeDrained
+			if cp.LastError != "" || cp.Halted {
+				cp.LastError, cp.Halted = "", false
+				if err := checkpoint.Save(ctx, d.Store, p.Name, dst.Name, cp); errors.Is(err, checkpoint.ErrConflict) {
+					res.Outcome = OutcomeRewound
+				}
+			}
+			return res, nil
+		}
+		started := d.Now()
+		b := sink.Batch{Pipeline: p.Name, Destination: dst.Name, Generation: cp.Generation, Epoch: cp.Epoch, Records: batch}
+		failed, err := d.apply(ctx, req, sk, b)
+		if errors.Is(err, sink.ErrStaleEpoch) {
+			res.Outcome = OutcomeRewound
+			return res, nil
+		}
+		if err != nil {
+			return res, err
+		}
+		last := batch[len(batch)-1]
+		if len(failed) > 0 {
+			if dst.OnError == config.OnErrorHalt {
+				// Invariant 4: the checkpoint stays before the first
+				// rejected record; nothing is skipped.
+				// The records before it were applied; applying them again
+				// on resume is idempotent.
+				first := failed[0]
+				cp.Halted = true
+				cp.LastError = fmt.Sprintf("record seq %d key %q rejected: %s (on_error: halt)", first.Seq, first.Key, first.Reason)
+				cp.LastErrorAt = d.Now().UTC()
+				if err := checkpoint.Save(ctx, d.Store, p.Name, dst.Name, cp); errors.Is(err, checkpoint.ErrConflict) {
+					res.Outcome = OutcomeRewound
+					return res, nil
+				} else if err != nil {
+					return res, err
+				}
+				res.Outcome = OutcomeHalted
+				res.Error = cp.LastError
+				log.Warn("destination halted on a rejected record", "seq", first.Seq, "reason", first.Reason)
+				return res, nil
+			}
+			// Invariant 4: dead letters are written before the checkpoint
+			// passes them.
+			if err := d.deadLetter(ctx, p.Name, dst.Name, cp.Generation, batch, failed); err != nil {
+				return res, err
+			}
+			cp.DeadLetters.Count += int64(len(failed))
+			if cp.DeadLetters.FirstSeq == 0 {
+				cp.DeadLetters.FirstSeq = failed[0].Seq
+			}
+			cp.DeadLetters.LastSeq = failed[len(failed)-1].Seq
+			cp.DeadLetterRun++
+			res.DeadLettered += int64(len(failed))
+			log.Warn("records dead-lettered", "count", len(failed), "first_seq", failed[0].Seq, "reason", failed[0].Reason)
+		} else {
+			cp.DeadLetterRun = 0
+		}
+		cp.Seq, cp.TS, cp.UpdatedAt = last.Seq, last.TS, d.Now().UTC()
+		if cp.DeadLetterRun >= d.HaltAfter {
+			cp.Halted = true
+			cp.LastError = fmt.Sprintf("%d batches in a row had rejected records: the destination itself looks broken (last: %s)", cp.DeadLetterRun, failed[0].Reason)
+			cp.LastErrorAt = d.Now().UTC()
+		}
+		// Invariant 5: the checkpoint moves by compare-and-swap; a conflict
+		// means an operator rewound it — stop, never merge.
+		if err := checkpoint.Save(ctx, d.Store, p.Name, dst.Name, cp); errors.Is(err, checkpoint.ErrConflict) {
+			res.Outcome = OutcomeRewound
+			return res, nil
+		} else if err != nil {
+			return res, err
+		}
+		res.To = cp.Seq
+		res.Applied += int64(len(batch)) - int64(len(failed))
+		if req.Progress != nil {
+			req.Progress(cp.Seq-res.From, total)
+		}
+		if cp.Halted {
+			res.Outcome = OutcomeHalted
+			res.Error = cp.LastError
+			return res, nil
+		}
+		// Write 3: stop starting batches while there is still time to
+		// finish one more and hand over.
+		took := d.Now().Sub(started)
+		slowest = max(slowest, took)
+		if !req.Deadline.IsZero() && d.Now().Add(2*slowest+15*time.Second).After(req.Deadline) {
+			res.Outcome = OutcomeContinued
+			return res, nil
+		}
+	}
+}
+
+// apply delivers one batch, retrying destination-wide failures with
+// exponential backoff and jitter while the budget allows. It returns the
+// records the destination rejected for good.
+func (d *Drainer) apply(ctx context.Context, req DrainRequest, sk sink.Sink, b sink.Batch) ([]sink.RecordError, error) {
+	wait := 500 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := sk.Apply(ctx, b)
+		if err == nil {
+			return nil, nil
+		}
+		if re, ok := sink.AsRecordErrors(err); ok {
+			return re.Failed, nil
+		}
+		if errors.Is(err, sink.ErrStaleEpoch) {
+			return nil, err
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		sleep := wait/2 + rand.N(wait/2+1)
+		if !req.Deadline.IsZero() && d.Now().Add(sleep+5*time.Second).After(req.Deadline) {
+			return nil, fmt.Errorf("apply seq %d..%d to %s/%s after %d attempts: %w", b.Records[0].Seq, b.Records[len(b.Records)-1].Seq, b.Pipeline, b.Destination, attempt, err)
+		}
+		d.Log.Warn("destination failed; retrying", "pipeline", b.Pipeline, "destination", b.Destination, "attempt", attempt, "wait", sleep.String(), "err", err.Error())
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(sleep):
+		}
+		wait = min(2*wait, d.MaxBackoff)
+	}
+}
+
+// deadLetter stores each rejected record with its reason under
+// <pipeline>/deadletter/<destination>/. Names are fixed by generation and
+// seq, so a drain that crashed after writing them writes the same names
+// again and finds them there.
+func (d *Drainer) deadLetter(ctx context.Context, pipeline, destination string, gen int64, batch []changelog.Record, failed []sink.RecordError) error {
+	bySeq := make(map[int64]*changelog.Record, len(failed))
+	for i := range batch {
+		bySeq[batch[i].Seq] = &batch[i]
+	}
+	for _, f := range failed {
+		rec := bySeq[f.Seq]
+		doc := struct {
+			Reason   string            `json:"reason"`
+			At       time.Time         `json:"at"`
+			Record   *changelog.Record `json:"record"`
+			Gen      int64             `json:"generation"`
+			Pipeline string            `json:"pipeline"`
+		}{f.Reason, d.Now().UTC(), rec, gen, pipeline}
+		name := fmt.Sprintf("%s/deadletter/%s/%d/%020d.json", pipeline, destination, gen, f.Seq)
+		if _, err := d.Store.WriteDoc(ctx, name, doc, ""); err != nil && !errors.Is(err, azstore.ErrConflict) {
+			return fmt.Errorf("dead-letter seq %d of %s/%s: %w", f.Seq, pipeline, destination, err)
+		}
+	}
+	return nil
+}
+
+// fail ends a drain that could not finish: on the host's last attempt it
+// records the error and completes (the next tick wakes the destination
+// again); otherwise it records it and asks the host to retry.
+func (d *Drainer) fail(ctx context.Context, req DrainRequest, cp *checkpoint.Checkpoint, res DrainResult, cause error) (DrainResult, error) {
+	res.Outcome, res.Error = OutcomeFailed, cause.Error()
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if cur, err := checkpoint.Load(sctx, d.Store, req.Pipeline.Name, req.Destination.Name); err == nil {
+		cur.LastError, cur.LastErrorAt = cause.Error(), d.Now().UTC()
+		_ = checkpoint.Save(sctx, d.Store, req.Pipeline.Name, req.Destination.Name, cur)
+	}
+	if req.LastAttempt {
+		d.Log.Error("drain failed on the host's last attempt; recorded, the next tick retries", "pipeline", req.Pipeline.Name, "destination", req.Destination.Name, "err", cause.Error())
+		return res, nil
+	}
+	return res, cause
+}

@@ -1,0 +1,477 @@
+package engine_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/azstore"
+	"github.com/sluicehq/sluice/internal/changelog"
+	"github.com/sluicehq/sluice/internal/checkpoint"
+	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/engine"
+	"github.com/sluicehq/sluice/internal/sink"
+	"github.com/sluicehq/sluice/internal/testenv"
+)
+
+// memSink is a destination held in memory that keeps the sink contract
+// (seq guard, tombstones, epochs), with hooks to fail or pause. It tests the
+// drain protocol; real destinations pass the sinktest suite.
+type memSink struct {
+	mu       sync.Mutex
+	rows     map[string]int64 // key -> seq of the live row
+	tombs    map[string]int64
+	epoch    int64
+	applied  int
+	failNext int                             // destination-wide failures to answer
+	reject   func(r changelog.Record) string // a reason rejects the record
+	pause    chan struct{}                   // when set, Apply waits on it
+	entered  chan struct{}
+}
+
+func newMemSink() *memSink {
+	return &memSink{rows: map[string]int64{}, tombs: map[string]int64{}}
+}
+
+func (m *memSink) Apply(ctx context.Context, b sink.Batch) error {
+	m.mu.Lock()
+	pause, entered := m.pause, m.entered
+	m.mu.Unlock()
+	if pause != nil {
+		if entered != nil {
+			close(entered)
+		}
+		select {
+		case <-pause:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.failNext > 0 {
+		m.failNext--
+		return errors.New("connection refused")
+	}
+	if b.Epoch < m.epoch {
+		return sink.ErrStaleEpoch
+	}
+	m.epoch = b.Epoch
+	var rej sink.RecordErrors
+	for _, r := range b.Records {
+		if m.reject != nil {
+			if why := m.reject(r); why != "" {
+				rej.Failed = append(rej.Failed, sink.RecordError{Seq: r.Seq, Key: r.Key, Reason: why})
+				continue
+			}
+		}
+		if r.Seq < m.rows[r.Key] || r.Seq < m.tombs[r.Key] {
+			continue
+		}
+		if r.Op == changelog.OpDelete {
+			delete(m.rows, r.Key)
+			m.tombs[r.Key] = r.Seq
+		} else {
+			m.rows[r.Key] = r.Seq
+		}
+		m.applied++
+	}
+	if len(rej.Failed) > 0 {
+		return &rej
+	}
+	return nil
+}
+
+func (m *memSink) Close() error { return nil }
+
+type fixture struct {
+	st   *azstore.Store
+	p    *config.Pipeline
+	dst  *config.Destination
+	sink *memSink
+	d    *engine.Drainer
+	fold map[string]int64 // expected live keys -> seq
+}
+
+func newFixture(t *testing.T, records int) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	st := testenv.Store(t)
+	f := &fixture{st: st, sink: newMemSink(), fold: map[string]int64{}}
+	f.p = &config.Pipeline{Name: "orders"}
+	f.p.Destinations = []config.Destination{{Name: "warehouse", Type: "sql", BatchSize: 100, OnError: config.OnErrorDeadletter}}
+	f.dst = &f.p.Destinations[0]
+	f.d = &engine.Drainer{Store: st, Queue: testenv.UniqueName("q"), MaxBackoff: 200 * time.Millisecond,
+		Open: func(context.Context, *config.Pipeline, *config.Destination) (sink.Sink, error) { return f.sink, nil }}
+	f.appendRecords(t, ctx, records)
+	return f
+}
+
+// appendRecords adds n records over 50 keys, every 7th a delete.
+func (f *fixture) appendRecords(t *testing.T, ctx context.Context, n int) {
+	t.Helper()
+	lg := changelog.New(f.st, f.p.Name, changelog.Options{})
+	s, err := lg.LoadState(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := lg.NewAppender(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		key := fmt.Sprint((int(s.Head.Seq) + i) % 50)
+		r := &changelog.Record{Op: changelog.OpUpsert, Key: key, Fields: json.RawMessage(`{"N":1}`)}
+		if i%7 == 6 {
+			r = &changelog.Record{Op: changelog.OpDelete, Key: key}
+		}
+		if err := a.Add(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		if r.Op == changelog.OpDelete {
+			delete(f.fold, key)
+		} else {
+			f.fold[key] = r.Seq
+		}
+	}
+	if err := a.Commit(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (f *fixture) req(head int64) engine.DrainRequest {
+	return engine.DrainRequest{Pipeline: f.p, Destination: f.dst, Head: head, Deadline: time.Now().Add(5 * time.Minute)}
+}
+
+func (f *fixture) checkConverged(t *testing.T) {
+	t.Helper()
+	f.sink.mu.Lock()
+	defer f.sink.mu.Unlock()
+	if len(f.sink.rows) != len(f.fold) {
+		t.Fatalf("destination has %d live keys, the folded log %d", len(f.sink.rows), len(f.fold))
+	}
+	for k, seq := range f.fold {
+		if f.sink.rows[k] != seq {
+			t.Fatalf("key %s at seq %d, want %d", k, f.sink.rows[k], seq)
+		}
+	}
+}
+
+func (f *fixture) checkpoint(t *testing.T) *checkpoint.Checkpoint {
+	t.Helper()
+	cp, err := checkpoint.Load(context.Background(), f.st, f.p.Name, f.dst.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cp
+}
+
+func TestDrainToHead(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 1000)
+	var progress []int64
+	req := f.req(1000)
+	req.Progress = func(done, total int64) { progress = append(progress, done) }
+	res, err := f.d.Drain(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Outcome != engine.OutcomeDrained || res.To != 1000 || res.Applied != 1000 {
+		t.Fatalf("result = %+v", res)
+	}
+	if len(progress) != 10 || progress[9] != 1000 {
+		t.Fatalf("progress = %v, want 10 batches", progress)
+	}
+	f.checkConverged(t)
+	cp := f.checkpoint(t)
+	if cp.Seq != 1000 || cp.Epoch != 1 || cp.TS.IsZero() {
+		t.Fatalf("checkpoint = %+v", cp)
+	}
+	// A wake-up the checkpoint has passed completes without work.
+	if res, err := f.d.Drain(ctx, f.req(900)); err != nil || res.Outcome != engine.OutcomeIdle {
+		t.Fatalf("stale wake-up = %+v, %v", res, err)
+	}
+	if cp2 := f.checkpoint(t); cp2.Epoch != 1 {
+		t.Fatalf("a stale wake-up took the destination (epoch %d)", cp2.Epoch)
+	}
+	// New records: the next wake-up drains only those.
+	f.appendRecords(t, ctx, 250)
+	res, err = f.d.Drain(ctx, f.req(1250))
+	if err != nil || res.From != 1000 || res.To != 1250 || res.Applied != 250 {
+		t.Fatalf("second drain = %+v, %v", res, err)
+	}
+	f.checkConverged(t)
+}
+
+func TestDrainSkipsWhenLeaseHeld(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 10)
+	l, err := f.st.AcquireLease(ctx, "orders/lock/warehouse", 15*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release(ctx)
+	res, err := f.d.Drain(ctx, f.req(10))
+	if err != nil || res.Outcome != engine.OutcomeBusy {
+		t.Fatalf("drain while leased = %+v, %v; want busy", res, err)
+	}
+}
+
+func TestDrainRetriesTransientFailures(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 300)
+	f.sink.failNext = 3
+	res, err := f.d.Drain(ctx, f.req(300))
+	if err != nil || res.Outcome != engine.OutcomeDrained {
+		t.Fatalf("drain = %+v, %v", res, err)
+	}
+	f.checkConverged(t)
+}
+
+func TestDrainFailureBeyondBudget(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 300)
+	f.sink.failNext = 1 << 30
+	req := f.req(300)
+	req.Deadline = time.Now().Add(7 * time.Second)
+	res, err := f.d.Drain(ctx, req)
+	if err == nil || res.Outcome != engine.OutcomeFailed || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("drain = %+v, %v; want a failure for the host to retry", res, err)
+	}
+	cp := f.checkpoint(t)
+	if cp.Seq != 0 || !strings.Contains(cp.LastError, "connection refused") || cp.LastErrorAt.IsZero() {
+		t.Fatalf("checkpoint = %+v, want the error recorded and nothing passed", cp)
+	}
+	// The host's last attempt: recorded, and the invocation completes.
+	req.LastAttempt = true
+	req.Deadline = time.Now().Add(6 * time.Second)
+	if res, err := f.d.Drain(ctx, req); err != nil || res.Outcome != engine.OutcomeFailed {
+		t.Fatalf("last attempt = %+v, %v; want completed with outcome failed", res, err)
+	}
+	// The destination recovers; the next wake-up delivers everything.
+	f.sink.mu.Lock()
+	f.sink.failNext = 0
+	f.sink.mu.Unlock()
+	if res, err := f.d.Drain(ctx, f.req(300)); err != nil || res.Outcome != engine.OutcomeDrained {
+		t.Fatalf("after recovery = %+v, %v", res, err)
+	}
+	f.checkConverged(t)
+	if cp := f.checkpoint(t); cp.LastError != "" {
+		t.Fatalf("error not cleared after recovery: %q", cp.LastError)
+	}
+}
+
+func TestDeadLettersBeforeCheckpoint(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 300)
+	f.sink.reject = func(r changelog.Record) string {
+		if r.Seq == 42 || r.Seq == 250 {
+			return "value too long for column Title"
+		}
+		return ""
+	}
+	res, err := f.d.Drain(ctx, f.req(300))
+	if err != nil || res.Outcome != engine.OutcomeDrained || res.DeadLettered != 2 {
+		t.Fatalf("drain = %+v, %v", res, err)
+	}
+	cp := f.checkpoint(t)
+	if cp.Seq != 300 || cp.DeadLetters.Count != 2 || cp.DeadLetters.FirstSeq != 42 || cp.DeadLetters.LastSeq != 250 || cp.Halted {
+		t.Fatalf("checkpoint = %+v", cp)
+	}
+	for _, seq := range []int64{42, 250} {
+		var doc struct {
+			Reason string
+			Record changelog.Record
+		}
+		name := fmt.Sprintf("orders/deadletter/warehouse/0/%020d.json", seq)
+		if _, err := f.st.ReadDoc(ctx, name, &doc); err != nil {
+			t.Fatalf("dead letter %d: %v", seq, err)
+		}
+		if doc.Record.Seq != seq || !strings.Contains(doc.Reason, "too long") {
+			t.Fatalf("dead letter %d = %+v", seq, doc)
+		}
+	}
+}
+
+func TestRejectsInEveryBatchHaltTheDestination(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 1000)
+	f.sink.reject = func(r changelog.Record) string {
+		if r.Seq%100 == 5 {
+			return "permission denied for table orders"
+		}
+		return ""
+	}
+	res, err := f.d.Drain(ctx, f.req(1000))
+	if err != nil || res.Outcome != engine.OutcomeHalted {
+		t.Fatalf("drain = %+v, %v; want halted", res, err)
+	}
+	cp := f.checkpoint(t)
+	if !cp.Halted || cp.Seq != 300 || !strings.Contains(cp.LastError, "destination itself") {
+		t.Fatalf("checkpoint = %+v; want halted after 3 batches", cp)
+	}
+	// Queue wake-ups leave a halted destination alone.
+	if res, err := f.d.Drain(ctx, f.req(1000)); err != nil || res.Outcome != engine.OutcomeHalted {
+		t.Fatalf("wake-up of a halted destination = %+v, %v", res, err)
+	}
+	// `sluice write` resumes it once the destination is fixed.
+	f.sink.mu.Lock()
+	f.sink.reject = nil
+	f.sink.mu.Unlock()
+	req := f.req(1000)
+	req.Resume = true
+	if res, err := f.d.Drain(ctx, req); err != nil || res.Outcome != engine.OutcomeDrained {
+		t.Fatalf("resume = %+v, %v", res, err)
+	}
+	if cp := f.checkpoint(t); cp.Halted || cp.Seq != 1000 {
+		t.Fatalf("after resume: %+v", cp)
+	}
+}
+
+func TestOnErrorHaltStopsAtFirstReject(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 300)
+	f.dst.OnError = config.OnErrorHalt
+	f.sink.reject = func(r changelog.Record) string {
+		if r.Seq == 142 {
+			return "bad value"
+		}
+		return ""
+	}
+	res, err := f.d.Drain(ctx, f.req(300))
+	if err != nil || res.Outcome != engine.OutcomeHalted {
+		t.Fatalf("drain = %+v, %v", res, err)
+	}
+	cp := f.checkpoint(t)
+	// Invariant 4: the checkpoint never passes the rejected record.
+	if !cp.Halted || cp.Seq != 100 || cp.DeadLetters.Count != 0 || !strings.Contains(cp.LastError, "seq 142") {
+		t.Fatalf("checkpoint = %+v", cp)
+	}
+}
+
+func TestDeadlineHandsOverToContinuation(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 500)
+	req := f.req(500)
+	req.Deadline = time.Now().Add(14 * time.Second) // inside the 15 s hand-over margin
+	res, err := f.d.Drain(ctx, req)
+	if err != nil || res.Outcome != engine.OutcomeContinued || res.To != 100 {
+		t.Fatalf("drain = %+v, %v; want one batch then a continuation", res, err)
+	}
+	msgs, err := f.st.Dequeue(ctx, f.d.Queue, 32, time.Minute)
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("continuation messages = %v, %v", msgs, err)
+	}
+	var w engine.WakeUp
+	if err := azstore.DecodeMessage(msgs[0].Text, &w); err != nil || w != (engine.WakeUp{Pipeline: "orders", Destination: "warehouse", Head: 500}) {
+		t.Fatalf("continuation = %+v, %v", w, err)
+	}
+	// The continuation finds the lease free and finishes.
+	if res, err := f.d.Drain(ctx, f.req(w.Head)); err != nil || res.Outcome != engine.OutcomeDrained {
+		t.Fatalf("continuation drain = %+v, %v", res, err)
+	}
+	f.checkConverged(t)
+}
+
+func TestReplayRewindsAndWins(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 500)
+	if _, err := f.d.Drain(ctx, f.req(500)); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	// Dry run: nothing changes.
+	dry, err := engine.Replay(ctx, f.st, engine.ReplayRequest{Pipeline: f.p, Destination: f.dst, FromSeq: 201, DryRun: true}, now)
+	if err != nil || dry.FromSeq != 201 || dry.Records != 300 || !dry.DryRun {
+		t.Fatalf("dry run = %+v, %v", dry, err)
+	}
+	if cp := f.checkpoint(t); cp.Seq != 500 || cp.Generation != 0 {
+		t.Fatalf("dry run changed the checkpoint: %+v", cp)
+	}
+	// A replay while a drain is paused inside Apply: the rewind wins.
+	f.appendRecords(t, ctx, 100)
+	f.sink.mu.Lock()
+	f.sink.pause, f.sink.entered = make(chan struct{}), make(chan struct{})
+	pause, entered := f.sink.pause, f.sink.entered
+	f.sink.mu.Unlock()
+	done := make(chan engine.DrainResult)
+	go func() {
+		res, err := f.d.Drain(ctx, f.req(600))
+		if err != nil {
+			t.Error(err)
+		}
+		done <- res
+	}()
+	<-entered
+	res, err := engine.Replay(ctx, f.st, engine.ReplayRequest{Pipeline: f.p, Destination: f.dst, FromSeq: 201, By: "test"}, now)
+	if err != nil || res.FromSeq != 201 || res.ToSeq != 600 || res.Records != 400 || res.Generation != 1 {
+		t.Fatalf("replay = %+v, %v", res, err)
+	}
+	f.sink.mu.Lock()
+	f.sink.pause = nil
+	f.sink.mu.Unlock()
+	close(pause)
+	if old := <-done; old.Outcome != engine.OutcomeRewound {
+		t.Fatalf("the paused drain = %+v, want rewound", old)
+	}
+	cp := f.checkpoint(t)
+	if cp.Seq != 200 || cp.Generation != 1 || len(cp.Replays) != 1 || cp.Replays[0].Previous != 500 || cp.Replays[0].By != "test" {
+		t.Fatalf("checkpoint after replay = %+v", cp)
+	}
+	// Invariant 6: a replay "from" a later point never moves forward.
+	res, err = engine.Replay(ctx, f.st, engine.ReplayRequest{Pipeline: f.p, Destination: f.dst, FromSeq: 400}, now)
+	if err != nil || res.FromSeq != 201 {
+		t.Fatalf("forward replay = %+v, %v; want it to stay at 201", res, err)
+	}
+	if cp := f.checkpoint(t); cp.Seq != 200 || cp.Generation != 2 {
+		t.Fatalf("checkpoint = %+v", cp)
+	}
+	// The wake-up drains the replayed range to the head.
+	if res, err := f.d.Drain(ctx, f.req(600)); err != nil || res.Outcome != engine.OutcomeDrained || res.From != 200 {
+		t.Fatalf("drain after replay = %+v, %v", res, err)
+	}
+	f.checkConverged(t)
+	// Bad requests are named.
+	for _, bad := range []engine.ReplayRequest{
+		{Pipeline: f.p, Destination: f.dst},
+		{Pipeline: f.p, Destination: f.dst, FromSeq: 3, From: now},
+		{Pipeline: f.p, Destination: f.dst, FromSeq: -1},
+	} {
+		if _, err := engine.Replay(ctx, f.st, bad, now); !errors.Is(err, engine.ErrBadRequest) {
+			t.Fatalf("replay %+v: %v, want ErrBadRequest", bad, err)
+		}
+	}
+}
+
+func TestReplayFromTime(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 100)
+	if _, err := f.d.Drain(ctx, f.req(100)); err != nil {
+		t.Fatal(err)
+	}
+	// Everything was captured just now: a replay from an hour ago is all of it.
+	res, err := engine.Replay(ctx, f.st, engine.ReplayRequest{Pipeline: f.p, Destination: f.dst, From: time.Now().Add(-time.Hour)}, time.Now())
+	if err != nil || res.FromSeq != 1 || res.Records != 100 {
+		t.Fatalf("replay from an hour ago = %+v, %v", res, err)
+	}
+	// From the future: nothing to replay, the checkpoint stays.
+	res, err = engine.Replay(ctx, f.st, engine.ReplayRequest{Pipeline: f.p, Destination: f.dst, From: time.Now().Add(time.Hour), DryRun: true}, time.Now())
+	if err != nil || res.Records != 100 {
+		t.Fatalf("dry run from the future after a full rewind = %+v, %v", res, err)
+	}
+}
