@@ -19,12 +19,19 @@ type wireRecord struct {
 
 // MarshalJSON writes the record exactly as DESIGN §3.3 shows it.
 func (r Record) MarshalJSON() ([]byte, error) {
-	return json.Marshal(wireRecord{Seq: r.Seq, TS: r.TS.UTC().Format(TSFormat), Op: r.Op, Key: r.Key, Source: r.Source, Fields: r.Fields})
+	return appendRecordJSON(nil, &r)
 }
 
 // UnmarshalJSON reads one record and checks the envelope: a record with a
 // bad op, no key or an unparseable ts is an error, never a silent zero.
 func (r *Record) UnmarshalJSON(data []byte) error {
+	if err := decodeFast(data, r); err == nil {
+		return nil
+	}
+	return r.decodeSlow(data)
+}
+
+func (r *Record) decodeSlow(data []byte) error {
 	var w wireRecord
 	if err := json.Unmarshal(data, &w); err != nil {
 		return err
@@ -49,10 +56,10 @@ func (r *Record) UnmarshalJSON(data []byte) error {
 
 // AppendLine appends the record and a newline to buf.
 func AppendLine(buf []byte, r *Record) ([]byte, error) {
-	data, err := r.MarshalJSON()
+	start := len(buf)
+	buf, err := appendRecordJSON(buf, r)
 	if err != nil {
-		return buf, fmt.Errorf("encode record seq %d: %w", r.Seq, err)
+		return buf[:start], fmt.Errorf("encode record seq %d: fields are not valid JSON: %w", r.Seq, err)
 	}
-	buf = append(buf, data...)
 	return append(buf, '\n'), nil
 }

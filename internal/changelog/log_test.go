@@ -194,7 +194,7 @@ func TestSeekByTime(t *testing.T) {
 		{"between two records", tsOf(1234).Add(-500 * time.Millisecond), 1234},
 		{"first record of a segment", tsOf(701), 701},
 		{"last record of a segment", tsOf(700), 700},
-		{"between segments (in the pause)", tsOf(11*700).Add(5 * time.Minute), 11*700 + 1},
+		{"between segments (in the pause)", tsOf(11 * 700).Add(5 * time.Minute), 11*700 + 1},
 		{"at the last", tsOf(head), head},
 		{"after the last", tsOf(head).Add(time.Second), head + 1},
 	}
