@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"github.com/sluicehq/sluice/internal/config"
+	"os/user"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -14,6 +17,7 @@ import (
 )
 
 // notYet is what commands whose issue has not landed answer.
+// notYet is used by commands whose issue has not landed.
 func notYet(what string) error {
 	return fmt.Errorf("%s is not implemented yet in this build", what)
 }
@@ -44,24 +48,155 @@ func readCmd() command {
 func writeCmd() command {
 	return command{name: "write", args: "[--pipeline P] [--destination D]", summary: "drain the matching destinations to the head, then exit",
 		flags: func(fs *flag.FlagSet) func(context.Context, *app) error {
-			fs.String("pipeline", "", "only this pipeline (default: all)")
-			fs.String("destination", "", "only this destination (default: all)")
-			return func(ctx context.Context, a *app) error { return notYet("write") }
+			pipeline := fs.String("pipeline", "", "only this pipeline (default: all)")
+			destination := fs.String("destination", "", "only this destination (default: all)")
+			return func(ctx context.Context, a *app) error {
+				cfg, err := a.loadConfig()
+				if err != nil {
+					return err
+				}
+				targets, err := selectDestinations(cfg, *pipeline, *destination)
+				if err != nil {
+					return err
+				}
+				st, err := a.openStore(ctx, cfg)
+				if err != nil {
+					return err
+				}
+				d := &engine.Drainer{Store: st, Open: sinkOpener(a.log), Log: a.log}
+				var failed []string
+				for _, t := range targets {
+					res, err := d.Drain(ctx, engine.DrainRequest{Pipeline: t.p, Destination: t.d, Resume: true,
+						Progress: a.progress(t.p.Name + "/" + t.d.Name)})
+					a.endProgress()
+					if err != nil {
+						failed = append(failed, fmt.Sprintf("%s/%s: %v", t.p.Name, t.d.Name, err))
+						continue
+					}
+					fmt.Fprintf(a.stdout, "%s/%s: %s, checkpoint %d of head %d (%d applied, %d dead-lettered)\n",
+						t.p.Name, t.d.Name, res.Outcome, res.To, res.Head, res.Applied, res.DeadLettered)
+					if res.Outcome == engine.OutcomeHalted {
+						failed = append(failed, fmt.Sprintf("%s/%s halted: %s", t.p.Name, t.d.Name, res.Error))
+					}
+				}
+				if len(failed) > 0 {
+					return errors.New(strings.Join(failed, "; "))
+				}
+				return nil
+			}
 		}}
+}
+
+type target struct {
+	p *config.Pipeline
+	d *config.Destination
+}
+
+// selectDestinations resolves --pipeline/--destination to destinations.
+func selectDestinations(cfg *config.Config, pipeline, destination string) ([]target, error) {
+	if destination != "" && pipeline == "" {
+		return nil, usageError{"--destination needs --pipeline"}
+	}
+	var out []target
+	for i := range cfg.Pipelines {
+		p := &cfg.Pipelines[i]
+		if pipeline != "" && p.Name != pipeline {
+			continue
+		}
+		for j := range p.Destinations {
+			if destination == "" || p.Destinations[j].Name == destination {
+				out = append(out, target{p, &p.Destinations[j]})
+			}
+		}
+	}
+	if pipeline != "" {
+		p, err := cfg.Pipeline(pipeline)
+		if err != nil {
+			return nil, err
+		}
+		if destination != "" {
+			if _, err := p.Destination(destination); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
 }
 
 func replayCmd() command {
 	return command{name: "replay", args: "--pipeline P --destination D (--from RFC3339 | --from-seq N) [--dry-run] [--no-drain]",
 		summary: "rewind a destination's checkpoint (never forward), then drain it",
 		flags: func(fs *flag.FlagSet) func(context.Context, *app) error {
-			fs.String("pipeline", "", "pipeline (required)")
-			fs.String("destination", "", "destination (required)")
-			fs.String("from", "", "replay records captured at or after this time (RFC 3339)")
-			fs.Int64("from-seq", 0, "replay from this sequence number")
-			fs.Bool("dry-run", false, "only report how many records would be replayed")
-			fs.Bool("no-drain", false, "rewind only; the next wake-up drains")
-			return func(ctx context.Context, a *app) error { return notYet("replay") }
+			pipeline := fs.String("pipeline", "", "pipeline (required)")
+			destination := fs.String("destination", "", "destination (required)")
+			from := fs.String("from", "", "replay records captured at or after this time (RFC 3339)")
+			fromSeq := fs.Int64("from-seq", 0, "replay from this sequence number")
+			dryRun := fs.Bool("dry-run", false, "only report how many records would be replayed")
+			noDrain := fs.Bool("no-drain", false, "rewind only; the next wake-up drains")
+			return func(ctx context.Context, a *app) error {
+				if *pipeline == "" || *destination == "" {
+					return usageError{"--pipeline and --destination are required"}
+				}
+				if (*from == "") == (*fromSeq == 0) {
+					return usageError{"give exactly one of --from and --from-seq"}
+				}
+				if *fromSeq < 0 {
+					return usageError{"--from-seq must be 1 or more"}
+				}
+				var at time.Time
+				if *from != "" {
+					var err error
+					if at, err = time.Parse(time.RFC3339Nano, *from); err != nil {
+						return usageError{fmt.Sprintf("--from %q is not an RFC 3339 time such as 2026-11-25T08:00:00Z", *from)}
+					}
+				}
+				cfg, err := a.loadConfig()
+				if err != nil {
+					return err
+				}
+				targets, err := selectDestinations(cfg, *pipeline, *destination)
+				if err != nil {
+					return err
+				}
+				t := targets[0]
+				st, err := a.openStore(ctx, cfg)
+				if err != nil {
+					return err
+				}
+				res, err := engine.Replay(ctx, st, engine.ReplayRequest{Pipeline: t.p, Destination: t.d, From: at, FromSeq: *fromSeq,
+					DryRun: *dryRun, By: "cli:" + currentUser()}, time.Now())
+				if err != nil {
+					return err
+				}
+				verb := "rewound"
+				if res.DryRun {
+					verb = "would rewind"
+				}
+				fmt.Fprintf(a.stdout, "%s/%s: %s to seq %d: %d records up to head %d (generation %d)\n",
+					t.p.Name, t.d.Name, verb, res.FromSeq, res.Records, res.ToSeq, res.Generation)
+				if res.DryRun || *noDrain {
+					return nil
+				}
+				d := &engine.Drainer{Store: st, Open: sinkOpener(a.log), Log: a.log}
+				dr, err := d.Drain(ctx, engine.DrainRequest{Pipeline: t.p, Destination: t.d, Resume: true, Progress: a.progress("replay " + t.p.Name + "/" + t.d.Name)})
+				a.endProgress()
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "%s/%s: %s, checkpoint %d of head %d\n", t.p.Name, t.d.Name, dr.Outcome, dr.To, dr.Head)
+				if dr.Outcome == engine.OutcomeBusy {
+					fmt.Fprintln(a.stdout, "another drain holds the destination; it will deliver the replayed records")
+				}
+				return nil
+			}
 		}}
+}
+
+func currentUser() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return "unknown"
 }
 
 func resetCmd() command {

@@ -35,6 +35,7 @@ type app struct {
 	lookupEnv      func(string) (string, bool)
 	configPath     string
 	log            *slog.Logger
+	drawn          bool // a progress line is on the terminal
 }
 
 type command struct {

@@ -31,7 +31,8 @@ func runCLI(t *testing.T, env map[string]string, args ...string) result {
 
 func writeConfig(t *testing.T, container string) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "sluice.yaml")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sluice.yaml")
 	cfg := fmt.Sprintf(`storage:
   container: %s
 pipelines:
@@ -44,9 +45,9 @@ pipelines:
       - name: warehouse
         type: sql
         driver: sqlite
-        dsn: file:orders.db
+        dsn: file:%s
         table: orders
-`, container)
+`, container, filepath.Join(dir, "orders.db"))
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

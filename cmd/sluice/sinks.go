@@ -1,0 +1,27 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/sink"
+	"github.com/sluicehq/sluice/internal/sink/sqlsink"
+)
+
+// sinkOpener wires each destination type to its sink package; the engine
+// only sees the sink.Sink interface.
+func sinkOpener(log *slog.Logger) func(ctx context.Context, p *config.Pipeline, d *config.Destination) (sink.Sink, error) {
+	return func(ctx context.Context, p *config.Pipeline, d *config.Destination) (sink.Sink, error) {
+		switch d.Type {
+		case config.DestSQL:
+			return sqlsink.Open(ctx, sqlsink.Config{
+				Driver: d.Driver, DSN: d.DSN.Reveal(), Table: d.Table, Deletes: d.Deletes,
+				Destination: d.Name, Logger: log.With("pipeline", p.Name, "destination", d.Name),
+			})
+		default:
+			return nil, fmt.Errorf("destinations of type %q are not implemented yet in this build", d.Type)
+		}
+	}
+}
