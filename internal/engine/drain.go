@@ -177,9 +177,9 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 		}
 		return res, nil
 	}
-	sk, err := d.Open(ctx, p, dst)
+	sk, err := d.open(ctx, req)
 	if err != nil {
-		return d.fail(ctx, req, cp, res, fmt.Errorf("open destination %s/%s: %w", p.Name, dst.Name, err))
+		return d.fail(ctx, req, cp, res, err)
 	}
 	defer sk.Close()
 
@@ -233,19 +233,16 @@ func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, 
 	if batchSize <= 0 {
 		batchSize = 1000
 	}
-	sc := lg.Scan(ctx, cp.Seq+1, head.Seq)
-	defer sc.Close()
-	batch := make([]changelog.Record, 0, batchSize)
+	batches, stop := prefetch(ctx, lg, cp.Seq+1, head.Seq, batchSize)
+	defer stop()
 	var slowest time.Duration
 	total := head.Seq - cp.Seq
 	for {
-		batch = batch[:0]
-		for len(batch) < batchSize && sc.Next() {
-			batch = append(batch, *sc.Record())
+		next, ok := <-batches
+		if ok && next.err != nil {
+			return res, next.err
 		}
-		if err := sc.Err(); err != nil {
-			return res, err
-		}
+		batch := next.records
 		if len(batch) == 0 {
 			res.Outcome = OutcomeDrained
 			if cp.LastError != "" || cp.Halted {
@@ -339,6 +336,46 @@ func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, 
 	}
 }
 
+// open opens the destination, retrying like apply does: a database that is
+// down when the drain starts is the same outage as one that fails mid-way.
+func (d *Drainer) open(ctx context.Context, req DrainRequest) (sink.Sink, error) {
+	wait := 500 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		sk, err := d.Open(ctx, req.Pipeline, req.Destination)
+		if err == nil {
+			return sk, nil
+		}
+		err = fmt.Errorf("open destination %s/%s: %w", req.Pipeline.Name, req.Destination.Name, err)
+		if !d.backoff(ctx, req, &wait, attempt, err) {
+			return nil, err
+		}
+	}
+}
+
+// backoff sleeps before the next attempt, and reports false when the budget
+// or the context does not allow another one.
+func (d *Drainer) backoff(ctx context.Context, req DrainRequest, wait *time.Duration, attempt int, err error) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	sleep := *wait/2 + rand.N(*wait/2+1)
+	if !req.Deadline.IsZero() && d.Now().Add(sleep+5*time.Second).After(req.Deadline) {
+		return false
+	}
+	if req.Deadline.IsZero() && attempt > 8 {
+		return false // a CLI run without a budget gives up after ~1 minute
+	}
+	d.Log.Warn("destination failed; retrying", "pipeline", req.Pipeline.Name, "destination", req.Destination.Name,
+		"attempt", attempt, "wait", sleep.String(), "err", err.Error())
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(sleep):
+	}
+	*wait = min(2**wait, d.MaxBackoff)
+	return true
+}
+
 // apply delivers one batch, retrying destination-wide failures with
 // exponential backoff and jitter while the budget allows. It returns the
 // records the destination rejected for good.
@@ -355,20 +392,9 @@ func (d *Drainer) apply(ctx context.Context, req DrainRequest, sk sink.Sink, b s
 		if errors.Is(err, sink.ErrStaleEpoch) {
 			return nil, err
 		}
-		if ctx.Err() != nil {
-			return nil, err
-		}
-		sleep := wait/2 + rand.N(wait/2+1)
-		if !req.Deadline.IsZero() && d.Now().Add(sleep+5*time.Second).After(req.Deadline) {
+		if !d.backoff(ctx, req, &wait, attempt, err) {
 			return nil, fmt.Errorf("apply seq %d..%d to %s/%s after %d attempts: %w", b.Records[0].Seq, b.Records[len(b.Records)-1].Seq, b.Pipeline, b.Destination, attempt, err)
 		}
-		d.Log.Warn("destination failed; retrying", "pipeline", b.Pipeline, "destination", b.Destination, "attempt", attempt, "wait", sleep.String(), "err", err.Error())
-		select {
-		case <-ctx.Done():
-			return nil, err
-		case <-time.After(sleep):
-		}
-		wait = min(2*wait, d.MaxBackoff)
 	}
 }
 
@@ -414,4 +440,46 @@ func (d *Drainer) fail(ctx context.Context, req DrainRequest, cp *checkpoint.Che
 		return res, nil
 	}
 	return res, cause
+}
+
+type prefetched struct {
+	records []changelog.Record
+	err     error
+}
+
+// prefetch reads and decodes the next batches while the current one is
+// being applied, so that the log and the destination work at the same time.
+// At most two batches wait, which keeps memory flat.
+func prefetch(ctx context.Context, lg *changelog.Log, from, to int64, size int) (<-chan prefetched, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	out := make(chan prefetched, 2)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(out)
+		sc := lg.Scan(ctx, from, to)
+		defer sc.Close()
+		for {
+			batch := make([]changelog.Record, 0, size)
+			for len(batch) < size && sc.Next() {
+				batch = append(batch, *sc.Record())
+			}
+			if err := sc.Err(); err != nil {
+				select {
+				case out <- prefetched{err: err}:
+				case <-ctx.Done():
+				}
+				return
+			}
+			if len(batch) == 0 {
+				return
+			}
+			select {
+			case out <- prefetched{records: batch}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, func() { cancel(); <-done }
 }
