@@ -22,13 +22,6 @@ func notYet(what string) error {
 	return fmt.Errorf("%s is not implemented yet in this build", what)
 }
 
-func serveCmd() command {
-	return command{name: "serve", args: "", summary: "run the Azure Functions custom handler on $FUNCTIONS_CUSTOMHANDLER_PORT",
-		flags: func(fs *flag.FlagSet) func(context.Context, *app) error {
-			return func(ctx context.Context, a *app) error { return notYet("serve") }
-		}}
-}
-
 func runCmd() command {
 	return command{name: "run", args: "[--addr 127.0.0.1:7071]", summary: "run the app locally: timers, queue listener and HTTP routes from functions/*/function.json",
 		flags: func(fs *flag.FlagSet) func(context.Context, *app) error {
