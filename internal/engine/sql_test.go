@@ -49,6 +49,10 @@ type sqlFixture struct {
 }
 
 func newSQLFixture(t *testing.T, n, keys int, dests ...config.Destination) *sqlFixture {
+	return newSQLFixtureB(t, n, keys, dests...)
+}
+
+func newSQLFixtureB(t testing.TB, n, keys int, dests ...config.Destination) *sqlFixture {
 	t.Helper()
 	ctx := context.Background()
 	f := &sqlFixture{container: testenv.UniqueName("e"), fold: map[string]int64{}}
@@ -62,7 +66,7 @@ func newSQLFixture(t *testing.T, n, keys int, dests ...config.Destination) *sqlF
 }
 
 // append adds n records: mostly upserts, every 50th a delete.
-func (f *sqlFixture) append(t *testing.T, n, keys int) {
+func (f *sqlFixture) append(t testing.TB, n, keys int) {
 	t.Helper()
 	ctx := context.Background()
 	lg := changelog.New(f.st, f.p.Name, changelog.Options{})
@@ -105,7 +109,9 @@ func (f *sqlFixture) req(d int) engine.DrainRequest {
 }
 
 // checkTable asserts the table equals the log folded by key, exactly.
-func (f *sqlFixture) checkTable(t *testing.T, driver, dsn string) {
+func (f *sqlFixture) checkTable(t *testing.T, driver, dsn string) { f.checkTableTB(t, driver, dsn) }
+
+func (f *sqlFixture) checkTableTB(t testing.TB, driver, dsn string) {
 	t.Helper()
 	got := map[string]int64{}
 	var n map[string]int64

@@ -1,6 +1,8 @@
-// Package testenv finds the real services tests run against (Azurite,
-// PostgreSQL), started by scripts/with-services for `make test`. It never
-// starts fakes: a test either gets the real service or is skipped — and under
+// Package testenv finds the services tests run against: real Azurite and
+// PostgreSQL (started by scripts/with-services for `make test`, or a private
+// PostgreSQL cluster for outage tests), and, for Service Bus, which cannot run
+// here, a local AMQP 1.0 broker that the real azservicebus SDK talks to. A
+// test either gets the service or is skipped — and under
 // SLUICE_REQUIRE_SERVICES=1 (make test, CI) a missing service fails the test.
 package testenv
 
