@@ -7,6 +7,7 @@ import (
 
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/sink"
+	"github.com/sluicehq/sluice/internal/sink/servicebus"
 	"github.com/sluicehq/sluice/internal/sink/sqlsink"
 )
 
@@ -19,6 +20,11 @@ func sinkOpener(log *slog.Logger) func(ctx context.Context, p *config.Pipeline, 
 			return sqlsink.Open(ctx, sqlsink.Config{
 				Driver: d.Driver, DSN: d.DSN.Reveal(), Table: d.Table, Deletes: d.Deletes,
 				Destination: d.Name, Logger: log.With("pipeline", p.Name, "destination", d.Name),
+			})
+		case config.DestServiceBus:
+			return servicebus.Open(ctx, servicebus.Config{
+				ConnectionString: d.ConnectionString.Reveal(), Namespace: d.Namespace, Entity: d.Entity,
+				SessionKey: d.SessionKey, BatchSize: d.BatchSize,
 			})
 		default:
 			return nil, fmt.Errorf("destinations of type %q are not implemented yet in this build", d.Type)
