@@ -7,6 +7,7 @@ import (
 
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/sink"
+	"github.com/sluicehq/sluice/internal/sink/httpsink"
 	"github.com/sluicehq/sluice/internal/sink/servicebus"
 	"github.com/sluicehq/sluice/internal/sink/sqlsink"
 )
@@ -25,6 +26,12 @@ func sinkOpener(log *slog.Logger) func(ctx context.Context, p *config.Pipeline, 
 			return servicebus.Open(ctx, servicebus.Config{
 				ConnectionString: d.ConnectionString.Reveal(), Namespace: d.Namespace, Entity: d.Entity,
 				SessionKey: d.SessionKey, BatchSize: d.BatchSize,
+			})
+		case config.DestHTTP:
+			return httpsink.Open(httpsink.Config{
+				URL: d.URL, BatchSize: d.BatchSize, Timeout: d.Timeout, MaxInFlight: d.MaxInFlight,
+				Secret: d.Secret.Reveal(), Headers: d.Headers, Version: version,
+				Logger: log.With("pipeline", p.Name, "destination", d.Name),
 			})
 		default:
 			return nil, fmt.Errorf("destinations of type %q are not implemented yet in this build", d.Type)
