@@ -34,8 +34,8 @@ demo: ## the whole pipeline on this machine (coming with the Functions-app issue
 run: ## sluice run with ./sluice.yaml and Azurite (coming)
 	@echo "make run is coming with 'sluice run'."
 
-package: ## build dist/ for 'func azure functionapp publish' (coming)
-	@echo "make package is coming with the Functions-app issue."
+package: ## build dist/ for 'cd dist && func azure functionapp publish <app>'
+	scripts/package dist
 
 bench: ## benchmarks (coming)
 	@echo "make bench is coming with the proof issue."

@@ -1,0 +1,418 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/azstore"
+	"github.com/sluicehq/sluice/internal/changelog"
+	"github.com/sluicehq/sluice/internal/checkpoint"
+	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/source/sharepoint"
+)
+
+// Source is what a read pass needs from SharePoint; *sharepoint.Client fits.
+type Source interface {
+	Resolve(ctx context.Context, site, list string) (siteID, listID string, err error)
+	Page(ctx context.Context, link string) (*sharepoint.Page, error)
+	SetNotBefore(t time.Time)
+}
+
+// SourceOpener makes the source client of a pipeline.
+type SourceOpener func(p *config.Pipeline) (Source, error)
+
+// Reader runs the Read protocol of DESIGN §4 for every pipeline.
+type Reader struct {
+	Store *azstore.Store
+	Open  SourceOpener
+	Log   *slog.Logger
+	Now   func() time.Time
+	// Queue receives the wake-ups; default WriteQueue.
+	Queue string
+	// Concurrency bounds how many pipelines are read at once; default 4.
+	Concurrency int
+	// CommitRecords and CommitInterval bound how much is read before a
+	// commit (always at a page boundary); defaults 5,000 and 10 s.
+	CommitRecords  int
+	CommitInterval time.Duration
+	// Progress, if set, is called after each page with the records read.
+	Progress func(pipeline string, records int64)
+}
+
+// ReadResult reports one pipeline's read pass.
+type ReadResult struct {
+	Pipeline string `json:"pipeline"`
+	Outcome  string `json:"outcome"` // read, busy, throttled, partial, failed
+	Records  int64  `json:"records"`
+	Deletes  int64  `json:"reconciledDeletes,omitempty"`
+	Pages    int    `json:"pages"`
+	Head     int64  `json:"head"`
+	WokeUp   int    `json:"wokeUp"`
+	Error    string `json:"error,omitempty"`
+}
+
+func (r *Reader) defaults() {
+	if r.Queue == "" {
+		r.Queue = WriteQueue
+	}
+	if r.Concurrency <= 0 {
+		r.Concurrency = 4
+	}
+	if r.CommitRecords <= 0 {
+		r.CommitRecords = 5000
+	}
+	if r.CommitInterval <= 0 {
+		r.CommitInterval = 10 * time.Second
+	}
+	if r.Now == nil {
+		r.Now = time.Now
+	}
+	if r.Log == nil {
+		r.Log = slog.New(slog.DiscardHandler)
+	}
+}
+
+// ReadAll reads the pipelines (all when only is empty) concurrently, with a
+// bound; one failing pipeline does not stop the others. The error joins the
+// failures, so a timer invocation reports them.
+func (r *Reader) ReadAll(ctx context.Context, cfg *config.Config, only string) ([]ReadResult, error) {
+	r.defaults()
+	var ps []*config.Pipeline
+	for i := range cfg.Pipelines {
+		if only == "" || cfg.Pipelines[i].Name == only {
+			ps = append(ps, &cfg.Pipelines[i])
+		}
+	}
+	results := make([]ReadResult, len(ps))
+	errs := make([]error, len(ps))
+	sem := make(chan struct{}, r.Concurrency)
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			results[i], errs[i] = r.ReadPipeline(ctx, p)
+			if errs[i] != nil {
+				results[i].Outcome, results[i].Error = "failed", errs[i].Error()
+			}
+		}()
+	}
+	wg.Wait()
+	return results, errors.Join(errs...)
+}
+
+type fingerprint struct {
+	Site   string   `json:"site"`
+	List   string   `json:"list"`
+	Fields []string `json:"fields,omitempty"`
+}
+
+func fingerprintOf(p *config.Pipeline) fingerprint {
+	return fingerprint{Site: p.Source.Site, List: p.Source.List, Fields: p.Source.Fields}
+}
+
+func (f fingerprint) String() string { b, _ := json.Marshal(f); return string(b) }
+
+// ReadPipeline runs one read pass of one pipeline.
+func (r *Reader) ReadPipeline(ctx context.Context, p *config.Pipeline) (ReadResult, error) {
+	r.defaults()
+	res := ReadResult{Pipeline: p.Name}
+	log := r.Log.With("pipeline", p.Name)
+	lease, err := r.Store.AcquireLease(ctx, p.Name+"/lock/read", 60*time.Second)
+	if errors.Is(err, azstore.ErrLeaseHeld) {
+		res.Outcome = "busy" // another reader is at it
+		return res, nil
+	}
+	if err != nil {
+		return res, err
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stop := lease.Keep(ctx, func(err error) { cancel(fmt.Errorf("read lease lost: %w", err)) })
+	defer func() {
+		stop()
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		_ = lease.Release(rctx)
+		rcancel()
+	}()
+
+	lg := changelog.New(r.Store, p.Name, changelog.Options{Logger: r.Log, Now: r.Now})
+	st, err := lg.LoadState(ctx)
+	if err != nil {
+		return res, err
+	}
+	res.Head = st.Head.Seq
+	fp := fingerprintOf(p)
+	if st.Source.Fingerprint != "" && st.Source.Fingerprint != fp.String() {
+		var old fingerprint
+		_ = json.Unmarshal([]byte(st.Source.Fingerprint), &old)
+		if old.Site != fp.Site || old.List != fp.List {
+			return res, fmt.Errorf("read pipeline %s: the source changed from %s / %s to %s / %s; "+
+				"run `sluice reset --pipeline %s` to read the new list from the start (the log is kept)",
+				p.Name, old.Site, old.List, fp.Site, fp.List, p.Name)
+		}
+		// Old links carry the old $select: start a full round.
+		log.Info("fields changed; starting a full round", "old", old.Fields, "new", fp.Fields)
+		st.Source.Cursor, st.Source.FullRound = "", false
+	}
+	if now := r.Now(); st.Source.ThrottledUntil.After(now) {
+		res.Outcome = "throttled"
+		log.Info("Graph asked us to wait; skipping this pass", "until", st.Source.ThrottledUntil)
+		return res, r.wake(ctx, p, st.Head.Seq, &res)
+	}
+	src, err := r.Open(p)
+	if err != nil {
+		return res, err
+	}
+	src.SetNotBefore(st.Source.ThrottledUntil)
+	if st.Source.SiteID == "" || st.Source.ListID == "" || st.Source.Fingerprint != fp.String() {
+		if st.Source.SiteID, st.Source.ListID, err = src.Resolve(ctx, p.Source.Site, p.Source.List); err != nil {
+			return res, fmt.Errorf("read pipeline %s: %w", p.Name, err)
+		}
+	}
+	st.Source.Fingerprint = fp.String()
+
+	a, err := lg.NewAppender(ctx, st)
+	if err != nil {
+		return res, err
+	}
+	pass := &readPass{r: r, p: p, lg: lg, a: a, src: src, log: log, res: &res}
+	err = pass.run(ctx)
+	if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		err = fmt.Errorf("%w (%v)", err, cause)
+	}
+	res.Head = a.Head().Seq
+	// Record the outcome (best effort: a fenced-out reader cannot).
+	outcome := res.Outcome
+	if err != nil {
+		outcome = "failed: " + err.Error()
+	}
+	_ = a.Commit(context.WithoutCancel(ctx), func(s *changelog.State) {
+		s.Source.LastRead, s.Source.LastOutcome = r.Now().UTC(), truncate(outcome, 300)
+	})
+	if werr := r.wake(context.WithoutCancel(ctx), p, res.Head, &res); werr != nil && err == nil {
+		err = werr
+	}
+	return res, err
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// wake enqueues a wake-up for every destination whose checkpoint is behind
+// head (DESIGN §4 Read 3); a lost wake-up heals at the next pass.
+func (r *Reader) wake(ctx context.Context, p *config.Pipeline, head int64, res *ReadResult) error {
+	var errs []error
+	for _, d := range p.Destinations {
+		cp, err := checkpoint.Load(ctx, r.Store, p.Name, d.Name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if cp.Seq >= head || cp.Halted {
+			continue
+		}
+		if err := r.Store.Enqueue(ctx, r.Queue, WakeUp{Pipeline: p.Name, Destination: d.Name, Head: head}); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		res.WokeUp++
+	}
+	return errors.Join(errs...)
+}
+
+// readPass follows the cursor to the delta link, committing at page
+// boundaries.
+type readPass struct {
+	r   *Reader
+	p   *config.Pipeline
+	lg  *changelog.Log
+	a   *changelog.Appender
+	src Source
+	log *slog.Logger
+	res *ReadResult
+
+	pending     int       // records added since the last commit
+	lastCommit  time.Time // when the last commit happened
+	resyncTries int
+}
+
+func (rp *readPass) run(ctx context.Context) error {
+	st := rp.a.State()
+	link := st.Source.Cursor
+	if link == "" {
+		rp.startRound(st.Head.Seq)
+		link = rp.deltaURL()
+	}
+	rp.lastCommit = rp.r.Now()
+	for {
+		if dl, ok := ctx.Deadline(); ok && rp.r.Now().Add(30*time.Second).After(dl) {
+			// Leave time to commit and hand over; the cursor is saved.
+			rp.res.Outcome = "partial"
+			return rp.commit(ctx, link, false)
+		}
+		page, err := rp.src.Page(ctx, link)
+		var resync *sharepoint.ResyncError
+		var throttled *sharepoint.ThrottledError
+		switch {
+		case errors.As(err, &resync):
+			if err := rp.commit(ctx, link, false); err != nil {
+				return err
+			}
+			rp.resyncTries++
+			if rp.resyncTries > 3 {
+				return fmt.Errorf("read pipeline %s: Graph keeps answering 410 (%s) even to a fresh round", rp.p.Name, resync.Code)
+			}
+			rp.log.Warn("delta token expired; starting a full round", "code", resync.Code, "location", resync.Location != "")
+			rp.startRound(rp.a.Head().Seq)
+			// Restart from Location, or token-less when there is none or
+			// when Location itself failed.
+			link = resync.Location
+			if link == "" || rp.resyncTries > 1 {
+				link = rp.deltaURL()
+			}
+			continue
+		case errors.As(err, &throttled):
+			rp.res.Outcome = "throttled"
+			rp.log.Warn("Graph throttled longer than this pass may wait; saving the cursor", "until", throttled.Until)
+			if err := rp.commit(ctx, link, false); err != nil {
+				return err
+			}
+			return rp.a.Commit(ctx, func(s *changelog.State) { s.Source.ThrottledUntil = throttled.Until.UTC() })
+		case err != nil:
+			if cerr := rp.commit(context.WithoutCancel(ctx), link, false); cerr != nil {
+				rp.log.Warn("commit after a failed page", "err", cerr.Error())
+			}
+			return fmt.Errorf("read pipeline %s: %w", rp.p.Name, err)
+		}
+		rp.res.Pages++
+		recs := page.Records(rp.p.Source.Site, rp.p.Source.List)
+		for i := range recs {
+			if err := rp.a.Add(ctx, &recs[i]); err != nil {
+				return err
+			}
+		}
+		rp.pending += len(recs)
+		rp.res.Records += int64(len(recs))
+		if rp.r.Progress != nil {
+			rp.r.Progress(rp.p.Name, rp.res.Records)
+		}
+		if page.DeltaLink != "" {
+			rp.res.Outcome = "read"
+			if rp.a.State().Source.FullRound {
+				// Commit the round's records first (cursor: the link of
+				// this last page), so reconciliation reads them from the log.
+				if err := rp.commit(ctx, link, false); err != nil {
+					return err
+				}
+			}
+			return rp.commit(ctx, page.DeltaLink, true)
+		}
+		link = page.NextLink
+		if rp.pending >= rp.r.CommitRecords || rp.r.Now().Sub(rp.lastCommit) >= rp.r.CommitInterval {
+			if err := rp.commit(ctx, link, false); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func (rp *readPass) deltaURL() string {
+	st := rp.a.State()
+	return sharepoint.DeltaURL(rp.p.Source.GraphURL, st.Source.SiteID, st.Source.ListID, rp.p.Source.Fields)
+}
+
+// startRound marks a full enumeration beginning after seq.
+func (rp *readPass) startRound(seq int64) {
+	st := rp.a.State()
+	st.Source.FullRound, st.Source.RoundStartSeq = true, seq
+	st.Source.Cursor = ""
+}
+
+// commit moves head and cursor together (Invariant 2: the cursor is the
+// link after the last complete page in the head). At the delta link of a
+// full round it first adds deletes for keys that were live before the
+// round and not seen in it, so they commit with the round's delta link.
+func (rp *readPass) commit(ctx context.Context, cursor string, final bool) error {
+	st := rp.a.State()
+	if final && st.Source.FullRound {
+		n, err := rp.reconcile(ctx, st.Source.RoundStartSeq)
+		if err != nil {
+			return err
+		}
+		rp.res.Deletes += n
+	}
+	err := rp.a.Commit(ctx, func(s *changelog.State) {
+		s.Source.Cursor = cursor
+		if final {
+			s.Source.CursorAt = rp.r.Now().UTC()
+			s.Source.FullRound, s.Source.RoundStartSeq = false, 0
+			s.Source.ThrottledUntil = time.Time{}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	rp.pending, rp.lastCommit = 0, rp.r.Now()
+	return nil
+}
+
+// reconcile appends a delete for every key live at roundStart that the round
+// did not deliver. Both sets come from the log itself — the log is the only
+// source of truth — so a pass that crashed mid-round and resumed from its
+// cursor still knows what the round has seen.
+func (rp *readPass) reconcile(ctx context.Context, roundStart int64) (int64, error) {
+	if roundStart == 0 {
+		return 0, nil // a first enumeration: nothing was live before
+	}
+	live := map[string]bool{}
+	sc := rp.lg.Scan(ctx, 1, roundStart)
+	for sc.Next() {
+		r := sc.Record()
+		live[r.Key] = r.Op == changelog.OpUpsert
+	}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("reconcile pipeline %s: %w", rp.p.Name, err)
+	}
+	sc.Close()
+	// Every record of the round is committed by now (see run).
+	sc = rp.lg.Scan(ctx, roundStart+1, rp.a.State().Head.Seq)
+	for sc.Next() {
+		delete(live, sc.Record().Key)
+	}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("reconcile pipeline %s: %w", rp.p.Name, err)
+	}
+	sc.Close()
+	var gone []string
+	for k, isLive := range live {
+		if isLive {
+			gone = append(gone, k)
+		}
+	}
+	slices.Sort(gone)
+	for _, k := range gone {
+		rec := changelog.Record{Op: changelog.OpDelete, Key: k, Source: changelog.Source{Site: rp.p.Source.Site, List: rp.p.Source.List}}
+		if err := rp.a.Add(ctx, &rec); err != nil {
+			return 0, err
+		}
+	}
+	if len(gone) > 0 {
+		rp.log.Info("full round done: deleting items that disappeared without a tombstone", "count", len(gone),
+			"sample", strings.Join(gone[:min(5, len(gone))], ","))
+	}
+	return int64(len(gone)), nil
+}
