@@ -33,8 +33,37 @@ func runCmd() command {
 func readCmd() command {
 	return command{name: "read", args: "[--pipeline P]", summary: "run one read pass (what the timer does), then exit",
 		flags: func(fs *flag.FlagSet) func(context.Context, *app) error {
-			fs.String("pipeline", "", "read only this pipeline (default: all)")
-			return func(ctx context.Context, a *app) error { return notYet("read") }
+			pipeline := fs.String("pipeline", "", "read only this pipeline (default: all)")
+			return func(ctx context.Context, a *app) error {
+				cfg, err := a.loadConfig()
+				if err != nil {
+					return err
+				}
+				if *pipeline != "" {
+					if _, err := cfg.Pipeline(*pipeline); err != nil {
+						return err
+					}
+				}
+				st, err := a.openStore(ctx, cfg)
+				if err != nil {
+					return err
+				}
+				r := &engine.Reader{Store: st, Open: sourceOpener(a.log), Log: a.log}
+				if bar := a.progress("read"); bar != nil {
+					r.Progress = func(p string, n int64) { bar(n, 0) }
+				}
+				results, err := r.ReadAll(ctx, cfg, *pipeline)
+				a.endProgress()
+				for _, res := range results {
+					fmt.Fprintf(a.stdout, "%s: %s, %d records in %d pages, head %d, %d destinations woken",
+						res.Pipeline, res.Outcome, res.Records, res.Pages, res.Head, res.WokeUp)
+					if res.Deletes > 0 {
+						fmt.Fprintf(a.stdout, ", %d deletes found by reconciliation", res.Deletes)
+					}
+					fmt.Fprintln(a.stdout)
+				}
+				return err
+			}
 		}}
 }
 

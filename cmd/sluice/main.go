@@ -172,11 +172,11 @@ Run 'sluice <command> --help' for a command's flags.
 
 // loadConfig reads the pipelines file named by --config.
 func (a *app) loadConfig() (*config.Config, error) {
-	cfg, err := config.Load(a.configPath)
+	data, err := os.ReadFile(a.configPath)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("read pipelines file: %w (set --config or $SLUICE_CONFIG; see sluice.example.yaml)", err)
 	}
-	return cfg, nil
+	return config.Parse(a.configPath, data, a.lookupEnv)
 }
 
 // openStore connects to the storage account of AzureWebJobsStorage.

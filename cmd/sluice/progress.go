@@ -20,6 +20,9 @@ func (a *app) progress(label string) func(done, total int64) {
 	a.drawn = true
 	return func(done, total int64) {
 		if total <= 0 {
+			// Unknown total (a read): a counter.
+			rate := float64(done) / max(time.Since(start).Seconds(), 0.001)
+			fmt.Fprintf(f, "\r%s: %d records, %.0f/s ", label, done, rate)
 			return
 		}
 		const width = 30

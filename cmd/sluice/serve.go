@@ -45,6 +45,14 @@ func serveCmd() command {
 						d := &engine.Drainer{Store: st, Open: sinkOpener(log), Log: log}
 						return d.Drain(ctx, req)
 					},
+					Reader: functions.ReaderFunc(func(ctx context.Context) (any, error) {
+						st, err := store(ctx)
+						if err != nil {
+							return nil, err
+						}
+						r := &engine.Reader{Store: st, Open: sourceOpener(log), Log: log}
+						return r.ReadAll(ctx, cfg, "")
+					}),
 					Logger:          log,
 					FunctionTimeout: host.FunctionTimeout,
 					MaxDequeueCount: host.Queues.MaxDequeueCount,
