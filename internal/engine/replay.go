@@ -22,6 +22,8 @@ type ReplayRequest struct {
 	DryRun      bool
 	// By names who asked, for the audit trail (a user, "http", "cli").
 	By string
+	// Queue receives the wake-up; default WriteQueue.
+	Queue string
 }
 
 // ReplayResult is what replay answers (DESIGN §3.5).
@@ -91,7 +93,11 @@ func Replay(ctx context.Context, st *azstore.Store, req ReplayRequest, now time.
 		if err != nil {
 			return ReplayResult{}, err
 		}
-		if err := st.Enqueue(ctx, WriteQueue, WakeUp{Pipeline: p, Destination: d, Head: head}); err != nil {
+		queue := req.Queue
+		if queue == "" {
+			queue = WriteQueue
+		}
+		if err := st.Enqueue(ctx, queue, WakeUp{Pipeline: p, Destination: d, Head: head}); err != nil {
 			return res, fmt.Errorf("replay %s/%s: rewound, but the wake-up could not be enqueued (the next read tick will wake it): %w", p, d, err)
 		}
 		return res, nil
