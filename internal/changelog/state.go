@@ -36,6 +36,10 @@ type SourceState struct {
 	RoundStartSeq int64 `json:"roundStartSeq,omitempty"`
 	// FullRound is true while a full enumeration is in progress.
 	FullRound bool `json:"fullRound,omitempty"`
+	// RoundSeen names the newest blob of keys a full round delivered
+	// unchanged (and so did not log); each such blob names the one before.
+	// It moves with the head, so it always matches the cursor.
+	RoundSeen string `json:"roundSeen,omitempty"`
 	// ThrottledUntil is when Graph allows the next request.
 	ThrottledUntil time.Time `json:"throttledUntil,omitzero"`
 	// CursorAt is when the cursor was last advanced to a deltaLink.

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -15,6 +14,7 @@ import (
 	"github.com/sluicehq/sluice/internal/changelog"
 	"github.com/sluicehq/sluice/internal/checkpoint"
 	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/keyindex"
 	"github.com/sluicehq/sluice/internal/source/sharepoint"
 )
 
@@ -52,10 +52,13 @@ type ReadResult struct {
 	Outcome  string `json:"outcome"` // read, busy, throttled, partial, failed
 	Records  int64  `json:"records"`
 	Deletes  int64  `json:"reconciledDeletes,omitempty"`
-	Pages    int    `json:"pages"`
-	Head     int64  `json:"head"`
-	WokeUp   int    `json:"wokeUp"`
-	Error    string `json:"error,omitempty"`
+	// Unchanged counts items a full round delivered exactly as the log
+	// already had them, and so did not log again.
+	Unchanged int64  `json:"unchanged,omitempty"`
+	Pages     int    `json:"pages"`
+	Head      int64  `json:"head"`
+	WokeUp    int    `json:"wokeUp"`
+	Error     string `json:"error,omitempty"`
 }
 
 func (r *Reader) defaults() {
@@ -248,6 +251,13 @@ type readPass struct {
 	pending     int       // records added since the last commit
 	lastCommit  time.Time // when the last commit happened
 	resyncTries int
+
+	// During a full round: the live keys before it (from the key index),
+	// what the round itself has logged since, and the keys it delivered
+	// unchanged since the last commit.
+	before  *keyindex.Index
+	overlay map[string]uint64
+	skipped []string
 }
 
 func (rp *readPass) run(ctx context.Context) error {
@@ -256,6 +266,11 @@ func (rp *readPass) run(ctx context.Context) error {
 	if link == "" {
 		rp.startRound(st.Head.Seq)
 		link = rp.deltaURL()
+	}
+	if st.Source.FullRound {
+		if err := rp.prepareRound(ctx); err != nil {
+			return err
+		}
 	}
 	rp.lastCommit = rp.r.Now()
 	for {
@@ -278,6 +293,9 @@ func (rp *readPass) run(ctx context.Context) error {
 			}
 			rp.log.Warn("delta token expired; starting a full round", "code", resync.Code, "location", resync.Location != "")
 			rp.startRound(rp.a.Head().Seq)
+			if err := rp.prepareRound(ctx); err != nil {
+				return err
+			}
 			// Restart from Location, or token-less when there is none or
 			// when Location itself failed.
 			link = resync.Location
@@ -300,13 +318,18 @@ func (rp *readPass) run(ctx context.Context) error {
 		}
 		rp.res.Pages++
 		recs := page.Records(rp.p.Source.Site, rp.p.Source.List)
+		added := 0
 		for i := range recs {
+			if rp.unchanged(&recs[i]) {
+				continue
+			}
 			if err := rp.a.Add(ctx, &recs[i]); err != nil {
 				return err
 			}
+			added++
 		}
-		rp.pending += len(recs)
-		rp.res.Records += int64(len(recs))
+		rp.pending += added
+		rp.res.Records += int64(added)
 		if rp.r.Progress != nil {
 			rp.r.Progress(rp.p.Name, rp.res.Records)
 		}
@@ -339,7 +362,73 @@ func (rp *readPass) deltaURL() string {
 func (rp *readPass) startRound(seq int64) {
 	st := rp.a.State()
 	st.Source.FullRound, st.Source.RoundStartSeq = true, seq
-	st.Source.Cursor = ""
+	st.Source.Cursor, st.Source.RoundSeen = "", ""
+}
+
+// prepareRound loads what a full round compares against: the live keys at
+// the round's start from the key index (caught up from the log first), and
+// what this round has already logged (when a pass resumes a round).
+func (rp *readPass) prepareRound(ctx context.Context) error {
+	st := rp.a.State()
+	start := st.Source.RoundStartSeq
+	rp.overlay, rp.skipped = map[string]uint64{}, nil
+	if start == 0 {
+		rp.before = &keyindex.Index{}
+		return nil
+	}
+	ix, err := keyindex.Load(ctx, rp.r.Store, rp.p.Name, start)
+	if err != nil {
+		return err
+	}
+	from := ix.Seq
+	if ix, err = keyindex.CatchUp(ctx, rp.lg, ix, start); err != nil {
+		return err
+	}
+	if start-from > 10000 {
+		// Keep the cache warm for the next round; a failure only costs time.
+		if err := keyindex.Save(ctx, rp.r.Store, rp.p.Name, ix); err != nil {
+			rp.log.Warn("could not save the key index", "err", err.Error())
+		}
+	}
+	rp.before = ix
+	sc := rp.lg.Scan(ctx, start+1, st.Head.Seq)
+	defer sc.Close()
+	for sc.Next() {
+		r := sc.Record()
+		if r.Op == changelog.OpDelete {
+			rp.overlay[r.Key] = 0
+		} else {
+			rp.overlay[r.Key] = keyindex.HashFields(r.Fields)
+		}
+	}
+	return sc.Err()
+}
+
+// unchanged reports whether a full round may skip rec because the log
+// already holds exactly these fields for its key; it then remembers the key
+// as seen. Outside full rounds nothing is skipped.
+func (rp *readPass) unchanged(rec *changelog.Record) bool {
+	if !rp.a.State().Source.FullRound || rp.before == nil {
+		return false
+	}
+	var cur uint64
+	if h, ok := rp.overlay[rec.Key]; ok {
+		cur = h
+	} else if h, ok := rp.before.Lookup(rec.Key); ok {
+		cur = h
+	}
+	if rec.Op == changelog.OpUpsert {
+		h := keyindex.HashFields(rec.Fields)
+		if h == cur {
+			rp.skipped = append(rp.skipped, rec.Key)
+			rp.res.Unchanged++
+			return true
+		}
+		rp.overlay[rec.Key] = h
+		return false
+	}
+	rp.overlay[rec.Key] = 0
+	return false
 }
 
 // commit moves head and cursor together (Invariant 2: the cursor is the
@@ -355,9 +444,22 @@ func (rp *readPass) commit(ctx context.Context, cursor string, final bool) error
 		}
 		rp.res.Deletes += n
 	}
+	seen := st.Source.RoundSeen
+	if st.Source.FullRound && len(rp.skipped) > 0 {
+		// Keys delivered unchanged are not in the log; record them so that
+		// reconciliation still counts them as seen after a crash. The blob
+		// is referenced only by the state this commit writes.
+		name, err := keyindex.SaveSeen(ctx, rp.r.Store, rp.p.Name, st.Source.RoundStartSeq, st.Fence, rp.a.Head().Seq, seen, rp.skipped)
+		if err != nil {
+			return err
+		}
+		seen = name
+	}
 	err := rp.a.Commit(ctx, func(s *changelog.State) {
 		s.Source.Cursor = cursor
+		s.Source.RoundSeen = seen
 		if final {
+			s.Source.RoundSeen = ""
 			s.Source.CursorAt = rp.r.Now().UTC()
 			s.Source.FullRound, s.Source.RoundStartSeq = false, 0
 			s.Source.ThrottledUntil = time.Time{}
@@ -366,7 +468,11 @@ func (rp *readPass) commit(ctx context.Context, cursor string, final bool) error
 	if err != nil {
 		return err
 	}
-	rp.pending, rp.lastCommit = 0, rp.r.Now()
+	rp.pending, rp.lastCommit, rp.skipped = 0, rp.r.Now(), nil
+	if final && rp.before != nil {
+		keyindex.DropSeen(ctx, rp.r.Store, rp.p.Name)
+		rp.before, rp.overlay = nil, nil
+	}
 	return nil
 }
 
@@ -375,35 +481,32 @@ func (rp *readPass) commit(ctx context.Context, cursor string, final bool) error
 // source of truth — so a pass that crashed mid-round and resumed from its
 // cursor still knows what the round has seen.
 func (rp *readPass) reconcile(ctx context.Context, roundStart int64) (int64, error) {
-	if roundStart == 0 {
-		return 0, nil // a first enumeration: nothing was live before
+	if roundStart == 0 || rp.before == nil || rp.before.Len() == 0 {
+		return 0, nil // nothing was live before the round
 	}
-	live := map[string]bool{}
-	sc := rp.lg.Scan(ctx, 1, roundStart)
-	for sc.Next() {
-		r := sc.Record()
-		live[r.Key] = r.Op == changelog.OpUpsert
-	}
-	if err := sc.Err(); err != nil {
+	st := rp.a.State()
+	seen, err := keyindex.LoadSeen(ctx, rp.r.Store, st.Source.RoundSeen)
+	if err != nil {
 		return 0, fmt.Errorf("reconcile pipeline %s: %w", rp.p.Name, err)
 	}
-	sc.Close()
+	for _, k := range rp.skipped {
+		seen[k] = struct{}{}
+	}
 	// Every record of the round is committed by now (see run).
-	sc = rp.lg.Scan(ctx, roundStart+1, rp.a.State().Head.Seq)
+	sc := rp.lg.Scan(ctx, roundStart+1, st.Head.Seq)
 	for sc.Next() {
-		delete(live, sc.Record().Key)
+		seen[sc.Record().Key] = struct{}{}
 	}
 	if err := sc.Err(); err != nil {
 		return 0, fmt.Errorf("reconcile pipeline %s: %w", rp.p.Name, err)
 	}
 	sc.Close()
 	var gone []string
-	for k, isLive := range live {
-		if isLive {
-			gone = append(gone, k)
+	for _, e := range rp.before.Entries {
+		if _, ok := seen[e.Key]; !ok {
+			gone = append(gone, e.Key)
 		}
 	}
-	slices.Sort(gone)
 	for _, k := range gone {
 		rec := changelog.Record{Op: changelog.OpDelete, Key: k, Source: changelog.Source{Site: rp.p.Source.Site, List: rp.p.Source.List}}
 		if err := rp.a.Add(ctx, &rec); err != nil {

@@ -164,6 +164,11 @@ func TestReadResyncReconcilesDroppedDeletes(t *testing.T) {
 	if res.Outcome != "read" || res.Deletes != 20 {
 		t.Fatalf("pass after expiry = %+v; want 20 reconciled deletes", res)
 	}
+	// The full round logged only what changed: the 10 edits/adds, not the
+	// 370 items it delivered unchanged.
+	if res.Unchanged < 360 || res.Records > 15 {
+		t.Fatalf("resync round logged %d records and skipped %d unchanged; want only the changes logged", res.Records, res.Unchanged)
+	}
 	checkFold(t, f, "after the resync")
 	for _, r := range graphsim.ResyncCodes[:4] {
 		f.list.SetKnobs(graphsim.Knobs{Resync: r})
@@ -235,6 +240,25 @@ func TestReadCrashAnywhereConverges(t *testing.T) {
 	}
 	f.read(t, context.Background())
 	checkFold(t, f, fmt.Sprintf("after %d interrupted passes", cancels))
+
+	// Now a resync round (which skips unchanged items) interrupted again and
+	// again, with deletes only reconciliation can find.
+	for id := 100; id < 150; id++ {
+		f.list.DeleteUnreported(id)
+	}
+	f.list.ExpireTokens()
+	cancels = 0
+	for range 12 {
+		f.list.Churn(rng, 3, 10, 2)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(5+rng.IntN(60))*time.Millisecond)
+		if _, err := f.reader.ReadPipeline(ctx, f.p); err != nil {
+			cancels++
+		}
+		cancel()
+		_ = f.st.BreakLease(context.Background(), "orders/lock/read")
+	}
+	f.read(t, context.Background())
+	checkFold(t, f, fmt.Sprintf("after a resync with %d interrupted passes", cancels))
 }
 
 func TestReadErrorsNameTheProblem(t *testing.T) {
