@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"reflect"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -295,4 +298,90 @@ func TestReadErrorsNameTheProblem(t *testing.T) {
 	f.read(t, ctx)
 	checkFold(t, f, "after the malformed page")
 	var _ = errors.New
+}
+
+// childRead is a read pass in a process of its own, for the kill test.
+func childRead() int {
+	ctx := context.Background()
+	s, err := azstore.ParseConnectionString(os.Getenv(testenv.StorageEnv))
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	st, err := azstore.Open(ctx, s, os.Getenv("SLUICE_CHILD_CONTAINER"), azstore.Options{})
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	p := &config.Pipeline{Name: "orders", Source: config.Source{Type: "sharepoint", Site: "contoso.sharepoint.com:/sites/ops", List: "Orders",
+		GraphURL: os.Getenv("SLUICE_CHILD_GRAPH"), Auth: config.Auth{Type: config.AuthBearer, Token: "secret-token"}}}
+	r := &engine.Reader{Store: st, Queue: os.Getenv("SLUICE_CHILD_QUEUE"), CommitRecords: 500,
+		Open: func(p *config.Pipeline) (engine.Source, error) {
+			return sharepoint.New(sharepoint.Options{GraphURL: p.Source.GraphURL, Auth: p.Source.Auth})
+		}}
+	res, err := r.ReadPipeline(ctx, p)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	fmt.Println(res.Outcome, res.Head)
+	return 0
+}
+
+func TestReadProcessKilledAnywhereConverges(t *testing.T) {
+	t.Parallel()
+	f := newReadFixture(t, 30000)
+	f.list.SetKnobs(graphsim.Knobs{DuplicateRate: 0.05, Shuffle: true})
+	container := f.st.Container()
+	seed := time.Now().UnixNano()
+	rng := rand.New(rand.NewPCG(uint64(seed), 1))
+	t.Logf("seed %d", seed)
+	run := func(killAfter time.Duration) string {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), "SLUICE_ENGINE_CHILD=read", "SLUICE_CHILD_CONTAINER="+container,
+			"SLUICE_CHILD_GRAPH="+f.p.Source.GraphURL, "SLUICE_CHILD_QUEUE="+testenv.UniqueName("q"))
+		out := &lockedBuffer{}
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if killAfter > 0 {
+			timer := time.AfterFunc(killAfter, func() { _ = cmd.Process.Signal(syscall.SIGKILL) })
+			defer timer.Stop()
+		}
+		_ = cmd.Wait()
+		_ = f.st.BreakLease(context.Background(), "orders/lock/read")
+		return out.String()
+	}
+	kills := 0
+	for i := range 10 {
+		if i == 5 {
+			// Halfway: expire the token and drop tombstones, so later kills
+			// land in a resync round.
+			for id := 200; id < 260; id++ {
+				f.list.DeleteUnreported(id)
+			}
+			f.list.ExpireTokens()
+		}
+		f.list.Churn(rng, 20, 50, 10)
+		if out := run(time.Duration(150+rng.IntN(500)) * time.Millisecond); !strings.Contains(out, "read ") {
+			kills++
+		}
+	}
+	if kills < 4 {
+		t.Fatalf("only %d passes were killed before finishing; make the list longer", kills)
+	}
+	// Two quiet passes: the first finishes the round, the second delivers
+	// what changed while the round was under way (Graph reports those in
+	// the round after, reference §1.3).
+	for range 2 {
+		start := time.Now()
+		out := run(0)
+		if !strings.HasPrefix(out, "read ") {
+			t.Fatalf("final pass: %s", out)
+		}
+		t.Logf("quiet pass: %s in %v", strings.TrimSpace(out), time.Since(start))
+	}
+	t.Logf("%d passes killed", kills)
+	checkFold(t, f, fmt.Sprintf("after %d killed passes", kills))
 }

@@ -285,8 +285,11 @@ func TestReplayBeatsAPausedDrainBySQLEpoch(t *testing.T) {
 // TestMain lets this test binary act as a drain process that the crash test
 // kills.
 func TestMain(m *testing.M) {
-	if os.Getenv("SLUICE_ENGINE_CHILD") == "drain" {
+	switch os.Getenv("SLUICE_ENGINE_CHILD") {
+	case "drain":
 		os.Exit(childDrain())
+	case "read":
+		os.Exit(childRead())
 	}
 	os.Exit(m.Run())
 }
