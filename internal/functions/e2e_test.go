@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -80,6 +81,7 @@ func TestThroughTheHandlerOnly(t *testing.T) {
 			return engine.Replay(ctx, st, req, time.Now())
 		},
 		FunctionTimeout: 10 * time.Minute,
+		Logger:          slog.New(slog.DiscardHandler),
 	})
 	srv := httptest.NewServer(h)
 	defer srv.Close()
