@@ -173,6 +173,11 @@ func decodeFast(line []byte, r *Record) error {
 		if len(rest) < 3 || rest[0] != '{' || rest[len(rest)-1] != '}' || rest[len(rest)-2] != '}' {
 			return errNotFast
 		}
+		// The layout is ours but the bytes come from storage: a corrupt
+		// fields value must fail (on the slow path), not reach a sink.
+		if !json.Valid(rest[:len(rest)-1]) {
+			return errNotFast
+		}
 		fields = append(json.RawMessage(nil), rest[:len(rest)-1]...)
 	} else if !p.lit("}") || p.i != len(p.b) {
 		return errNotFast
@@ -202,7 +207,9 @@ func (p *parser) int() (int64, bool) {
 	for p.i < len(p.b) && p.b[p.i] >= '0' && p.b[p.i] <= '9' {
 		p.i++
 	}
-	if p.i == start || p.i-start > 18 {
+	// Up to 19 digits: every positive int64 (ParseInt refuses an overflow).
+	// No leading zero: JSON has none.
+	if p.i == start || p.i-start > 19 || (p.b[start] == '0' && p.i-start > 1) {
 		return 0, false
 	}
 	n, err := strconv.ParseInt(string(p.b[start:p.i]), 10, 64)

@@ -60,10 +60,12 @@ type Scanner struct {
 	gz     *gzip.Reader
 	br     *bufio.Reader // reused across segments
 	opened bool
-	seg    segment
-	rec    Record
-	err    error
-	bucket map[int64][]segment
+	// segNext is the seq the open segment's next line must carry.
+	segNext int64
+	seg     segment
+	rec     Record
+	err     error
+	bucket  map[int64][]segment
 }
 
 // Scan returns a scanner over the records from..to inclusive. to must not be
@@ -109,12 +111,16 @@ func (s *Scanner) Next() bool {
 			s.err = fmt.Errorf("segment %s: %v: %w", s.seg.name, err, ErrCorrupt)
 			return false
 		}
+		// Every record of a segment must follow the one before it, from the
+		// segment's first seq on — also those skipped when a scan enters a
+		// segment in the middle.
+		if s.rec.Seq != s.segNext {
+			s.err = fmt.Errorf("segment %s: expected seq %d, found %d: %w", s.seg.name, s.segNext, s.rec.Seq, ErrCorrupt)
+			return false
+		}
+		s.segNext++
 		if s.rec.Seq < s.next {
 			continue // the head of a segment we entered in the middle
-		}
-		if s.rec.Seq != s.next {
-			s.err = fmt.Errorf("segment %s: expected seq %d, found %d: %w", s.seg.name, s.next, s.rec.Seq, ErrCorrupt)
-			return false
 		}
 		s.next++
 		return true
@@ -139,18 +145,7 @@ func (s *Scanner) open() error {
 	if err != nil {
 		return fmt.Errorf("open segment %s: %w", seg.name, err)
 	}
-	gz, err := gzip.NewReader(body)
-	if err != nil {
-		body.Close()
-		return fmt.Errorf("open segment %s: %v: %w", seg.name, err, ErrCorrupt)
-	}
-	s.body, s.gz, s.seg, s.opened = body, gz, seg, true
-	if s.br == nil {
-		s.br = bufio.NewReaderSize(gz, 256<<10)
-	} else {
-		s.br.Reset(gz)
-	}
-	return nil
+	return s.startSegment(body, seg)
 }
 
 func (s *Scanner) exact(first int64) (segment, error) {

@@ -64,6 +64,16 @@ func (d *decoder) yamlError(err error, data []byte) {
 	} else {
 		line = problemLine(msg, data)
 	}
+	if strings.Contains(msg, "tab character") {
+		// The library reports the line before; the first line indented
+		// with a tab is the one to fix.
+		for i, l := range bytes.Split(data, []byte("\n")) {
+			if indent := l[:len(l)-len(bytes.TrimLeft(l, " \t"))]; bytes.IndexByte(indent, '\t') >= 0 {
+				line = i + 1
+				break
+			}
+		}
+	}
 	// The end of the input is the last line, not the one after it.
 	last := bytes.Count(data, []byte("\n"))
 	if len(data) > 0 && data[len(data)-1] != '\n' {

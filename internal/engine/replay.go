@@ -60,6 +60,9 @@ func Replay(ctx context.Context, st *azstore.Store, req ReplayRequest, now time.
 	}
 	head := state.Head.Seq
 	from := req.FromSeq
+	if from > head+1 {
+		return ReplayResult{}, fmt.Errorf("%w: fromSeq %d is past the head of pipeline %s (%d)", ErrBadRequest, from, p, head)
+	}
 	if !req.From.IsZero() {
 		if from, err = lg.Seek(ctx, req.From, head); err != nil {
 			return ReplayResult{}, fmt.Errorf("replay %s/%s: find the first record at or after %s: %w", p, d, req.From.Format(time.RFC3339), err)
@@ -72,8 +75,13 @@ func Replay(ctx context.Context, st *azstore.Store, req ReplayRequest, now time.
 		}
 		target := min(cp.Seq, from-1)
 		res := ReplayResult{FromSeq: target + 1, ToSeq: head, Records: max(0, head-target), DryRun: req.DryRun, Generation: cp.Generation + 1}
-		if req.DryRun {
+		if req.DryRun || target == cp.Seq && from > cp.Seq {
+			// A dry run, or nothing to rewind: the checkpoint is already
+			// before the target, so the generation stays.
 			res.Generation = cp.Generation
+			if !req.DryRun && cp.Seq < head {
+				_ = st.Enqueue(ctx, queueOr(req.Queue), WakeUp{Pipeline: p, Destination: d, Head: head})
+			}
 			return res, nil
 		}
 		audit := checkpoint.Replay{At: now.UTC(), By: req.By, FromSeq: target + 1, Previous: cp.Seq, Generation: cp.Generation + 1}
@@ -93,13 +101,16 @@ func Replay(ctx context.Context, st *azstore.Store, req ReplayRequest, now time.
 		if err != nil {
 			return ReplayResult{}, err
 		}
-		queue := req.Queue
-		if queue == "" {
-			queue = WriteQueue
-		}
-		if err := st.Enqueue(ctx, queue, WakeUp{Pipeline: p, Destination: d, Head: head}); err != nil {
+		if err := st.Enqueue(ctx, queueOr(req.Queue), WakeUp{Pipeline: p, Destination: d, Head: head}); err != nil {
 			return res, fmt.Errorf("replay %s/%s: rewound, but the wake-up could not be enqueued (the next read tick will wake it): %w", p, d, err)
 		}
 		return res, nil
 	}
+}
+
+func queueOr(q string) string {
+	if q == "" {
+		return WriteQueue
+	}
+	return q
 }
