@@ -22,14 +22,6 @@ func notYet(what string) error {
 	return fmt.Errorf("%s is not implemented yet in this build", what)
 }
 
-func runCmd() command {
-	return command{name: "run", args: "[--addr 127.0.0.1:7071]", summary: "run the app locally: timers, queue listener and HTTP routes from functions/*/function.json",
-		flags: func(fs *flag.FlagSet) func(context.Context, *app) error {
-			fs.String("addr", "127.0.0.1:7071", "address of the local HTTP routes (/api/...)")
-			return func(ctx context.Context, a *app) error { return notYet("run") }
-		}}
-}
-
 func readCmd() command {
 	return command{name: "read", args: "[--pipeline P]", summary: "run one read pass (what the timer does), then exit",
 		flags: func(fs *flag.FlagSet) func(context.Context, *app) error {
