@@ -28,6 +28,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/graphsim"
@@ -94,6 +95,19 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	mux := http.NewServeMux()
 	mux.Handle("/v1.0/", sim)
 	mux.Handle("/_sim/", sim.AdminHandler())
+	// Churn belongs to this binary: pause it so that a checker can compare
+	// a quiet list with what a pipeline delivered.
+	var paused atomic.Bool
+	mux.HandleFunc("POST /_sim/churn/pause", func(w http.ResponseWriter, r *http.Request) {
+		paused.Store(true)
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintln(w, `"paused"`)
+	})
+	mux.HandleFunc("POST /_sim/churn/resume", func(w http.ResponseWriter, r *http.Request) {
+		paused.Store(false)
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintln(w, `"resumed"`)
+	})
 
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
@@ -145,6 +159,9 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			}
 			return ctx.Err()
 		case <-tick:
+			if paused.Load() {
+				continue
+			}
 			list.Churn(rng, *adds, *edits, *deletes)
 			log.Info("churn", "list", list.Name(), "items", list.Len(), "seq", list.Seq())
 		}
