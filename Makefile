@@ -27,18 +27,17 @@ lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-demo: ## the whole pipeline on this machine (coming with the Functions-app issue)
-	@echo "make demo is coming: it needs 'sluice run' (the local Functions host), which has not landed yet."
-	@echo "Meanwhile: make test, and 'sluice validate|log|status' against Azurite."
+demo: ## the whole pipeline on this machine: a changing list into SQLite and a webhook
+	scripts/demo
 
-run: ## sluice run with ./sluice.yaml and Azurite (coming)
-	@echo "make run is coming with 'sluice run'."
+run: ## sluice run with your sluice.yaml against Azurite (data kept in .azurite/)
+	scripts/run
 
 package: ## build dist/ for 'cd dist && func azure functionapp publish <app>'
 	scripts/package dist
 
-bench: ## benchmarks (coming)
-	@echo "make bench is coming with the proof issue."
+bench: deps ## measure drains, read and handler start against baselines; writes bench/results/latest.json
+	scripts/with-services $(GO) run ./cmd/sluice-bench $(BENCH_FLAGS)
 
 clean: ## remove build output
 	rm -rf bin dist

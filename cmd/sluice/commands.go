@@ -376,11 +376,11 @@ func statusCmd() command {
 				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "PIPELINE\tDESTINATION\tHEAD\tCHECKPOINT\tLAG\tLAG(s)\tDEAD LETTERS\tSTATE")
 				for _, p := range ss {
-					headTS := "-"
-					if !p.Head.TS.IsZero() {
-						headTS = p.Head.TS.Format(time.RFC3339)
+					read := "never read"
+					if !p.LastRead.IsZero() {
+						read = fmt.Sprintf("last read %s ago: %s", time.Since(p.LastRead).Round(time.Second), orDash(p.LastOutcome))
 					}
-					fmt.Fprintf(tw, "%s\t\t%d\t\t\t\t\tread %s (%s)\n", p.Name, p.Head.Seq, orDash(p.LastOutcome), headTS)
+					fmt.Fprintf(tw, "%s\t\t%d\t\t\t\t\t%s\n", p.Name, p.Head.Seq, read)
 					for _, d := range p.Destinations {
 						state := "ok"
 						if d.Halted {
