@@ -158,11 +158,9 @@ func replayCmd() command {
 					return usageError{"--from-seq must be 1 or more"}
 				}
 				var at time.Time
-				if *from != "" {
-					var err error
-					if at, err = time.Parse(time.RFC3339Nano, *from); err != nil {
-						return usageError{fmt.Sprintf("--from %q is not an RFC 3339 time such as 2026-11-25T08:00:00Z", *from)}
-					}
+				at, err := parseFrom(*from)
+				if err != nil {
+					return err
 				}
 				cfg, err := a.loadConfig()
 				if err != nil {
@@ -221,19 +219,7 @@ func resetCmd() command {
 				if *pipeline == "" {
 					return usageError{"--pipeline is required"}
 				}
-				cfg, err := a.loadConfig()
-				if err != nil {
-					return err
-				}
-				if _, err := cfg.Pipeline(*pipeline); err != nil {
-					return err
-				}
-				st, err := a.openStore(ctx, cfg)
-				if err != nil {
-					return err
-				}
-				l := changelog.New(st, *pipeline, changelog.Options{Logger: a.log})
-				s, err := l.LoadState(ctx)
+				l, s, err := a.pipelineLog(ctx, *pipeline)
 				if err != nil {
 					return err
 				}
@@ -297,25 +283,11 @@ func logCmd() command {
 					return usageError{"give --from-seq or --from, not both"}
 				}
 				var at time.Time
-				if *from != "" {
-					var err error
-					if at, err = time.Parse(time.RFC3339Nano, *from); err != nil {
-						return usageError{fmt.Sprintf("--from %q is not an RFC 3339 time such as 2026-11-25T08:00:00Z", *from)}
-					}
-				}
-				cfg, err := a.loadConfig()
+				at, err := parseFrom(*from)
 				if err != nil {
 					return err
 				}
-				if _, err := cfg.Pipeline(*pipeline); err != nil {
-					return err
-				}
-				st, err := a.openStore(ctx, cfg)
-				if err != nil {
-					return err
-				}
-				l := changelog.New(st, *pipeline, changelog.Options{Logger: a.log})
-				s, err := l.LoadState(ctx)
+				l, s, err := a.pipelineLog(ctx, *pipeline)
 				if err != nil {
 					return err
 				}
@@ -402,4 +374,37 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// pipelineLog opens the change log of a configured pipeline and loads its state.
+func (a *app) pipelineLog(ctx context.Context, pipeline string) (*changelog.Log, *changelog.State, error) {
+	cfg, err := a.loadConfig()
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := cfg.Pipeline(pipeline); err != nil {
+		return nil, nil, err
+	}
+	st, err := a.openStore(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	l := changelog.New(st, pipeline, changelog.Options{Logger: a.log})
+	s, err := l.LoadState(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return l, s, nil
+}
+
+// parseFrom reads a --from flag; empty is the zero time.
+func parseFrom(from string) (time.Time, error) {
+	if from == "" {
+		return time.Time{}, nil
+	}
+	at, err := time.Parse(time.RFC3339Nano, from)
+	if err != nil {
+		return time.Time{}, usageError{fmt.Sprintf("--from %q is not an RFC 3339 time such as 2026-11-25T08:00:00Z", from)}
+	}
+	return at, nil
 }
