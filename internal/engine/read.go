@@ -408,7 +408,9 @@ func (rp *readPass) prepareRound(ctx context.Context) error {
 // already holds exactly these fields for its key; it then remembers the key
 // as seen. Outside full rounds nothing is skipped.
 func (rp *readPass) unchanged(rec *changelog.Record) bool {
-	if !rp.a.State().Source.FullRound || rp.before == nil {
+	if !rp.a.State().Source.FullRound || rp.before == nil || rp.before.Len() == 0 {
+		// Outside full rounds, and in a first enumeration (nothing was
+		// live before it), nothing can be unchanged: keep no overlay.
 		return false
 	}
 	var cur uint64

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/sluicehq/sluice/internal/changelog"
@@ -59,8 +60,15 @@ func DeltaURL(graphURL, siteID, listID string, fields []string) string {
 		}
 		b.WriteString(")")
 	}
+	// Bigger pages: fewer requests (each costs resource units, reference
+	// §1.6) for the same items; Graph documents $top for delta (§1.1) and
+	// may still send fewer per page.
+	b.WriteString("&$top=" + strconv.Itoa(PageSize))
 	return b.String()
 }
+
+// PageSize is the $top of delta requests.
+const PageSize = 1000
 
 // escapeSegment escapes one path segment but keeps the commas of composite
 // site ids ("host,siteGuid,webGuid") and the colon of "host:" as Graph
@@ -384,59 +392,140 @@ func cleanFields(raw json.RawMessage, needModified bool) (json.RawMessage, strin
 	if !present(raw) {
 		return nil, "", nil
 	}
-	var out bytes.Buffer
-	out.Grow(len(raw))
-	if !needModified && !bytes.Contains(raw, []byte("@")) {
-		// Fast path: no key can be an annotation.
-		if err := json.Compact(&out, raw); err != nil {
-			return nil, "", err
-		}
-		if out.Bytes()[0] != '{' {
-			return nil, "", &decodeError{"fields is not an object"}
-		}
-		return out.Bytes(), "", nil
-	}
-
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if err := expectDelim(dec, '{'); err != nil {
+	// One pass over bytes that encoding/json has already validated (the page
+	// decoder read them into a RawMessage): copy every member whose key is
+	// not an annotation, verbatim.
+	i := skipSpace(raw, 0)
+	if i >= len(raw) || raw[i] != '{' {
 		return nil, "", &decodeError{"fields is not an object"}
 	}
+	out := make([]byte, 0, len(raw))
+	out = append(out, '{')
 	var modified string
-	keyEnc := json.NewEncoder(&out)
-	keyEnc.SetEscapeHTML(false)
-	out.WriteByte('{')
 	n := 0
-	for dec.More() {
-		t, err := dec.Token()
-		if err != nil {
-			return nil, "", err
+	for i++; ; {
+		i = skipSpace(raw, i)
+		if i >= len(raw) {
+			return nil, "", &decodeError{"fields object is not closed"}
 		}
-		key := t.(string)
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, "", err
+		if raw[i] == '}' {
+			break
 		}
-		if strings.Contains(key, "@") {
+		if raw[i] == ',' {
+			i++
 			continue
 		}
-		if key == "Modified" {
-			modified = stringValue(v)
+		keyStart := i
+		i = skipValue(raw, i)
+		key := raw[keyStart:i]
+		i = skipSpace(raw, i)
+		if i >= len(raw) || raw[i] != ':' {
+			return nil, "", &decodeError{"fields object is malformed"}
+		}
+		i = skipSpace(raw, i+1)
+		valStart := i
+		i = skipValue(raw, i)
+		val := raw[valStart:i]
+		if annotation(key) {
+			continue
 		}
 		if n > 0 {
-			out.WriteByte(',')
+			out = append(out, ',')
 		}
 		n++
-		if err := keyEnc.Encode(key); err != nil {
-			return nil, "", err
+		out = append(out, key...)
+		out = append(out, ':')
+		if hasSpace(val) {
+			var b bytes.Buffer
+			if err := json.Compact(&b, val); err != nil {
+				return nil, "", err
+			}
+			out = append(out, b.Bytes()...)
+		} else {
+			out = append(out, val...)
 		}
-		out.Truncate(out.Len() - 1) // Encode's newline
-		out.WriteByte(':')
-		if err := json.Compact(&out, v); err != nil {
-			return nil, "", err
+		if needModified && string(key) == `"Modified"` {
+			modified = stringValue(val)
 		}
 	}
-	out.WriteByte('}')
-	return out.Bytes(), modified, nil
+	out = append(out, '}')
+	return out, modified, nil
+}
+
+// annotation reports whether a (quoted) key is an OData annotation such as
+// "@odata.etag" or "Name@odata.type".
+func annotation(key []byte) bool {
+	if bytes.IndexByte(key, '\\') < 0 {
+		return bytes.IndexByte(key, '@') >= 0
+	}
+	var k string
+	return json.Unmarshal(key, &k) != nil || strings.Contains(k, "@")
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipValue returns the index after the JSON value starting at b[i]. b is
+// known to be valid JSON.
+func skipValue(b []byte, i int) int {
+	if i >= len(b) {
+		return i
+	}
+	switch b[i] {
+	case '"':
+		for j := i + 1; j < len(b); j++ {
+			switch b[j] {
+			case '\\':
+				j++
+			case '"':
+				return j + 1
+			}
+		}
+		return len(b)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(b); j++ {
+			switch b[j] {
+			case '"':
+				j = skipValue(b, j) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return j + 1
+				}
+			}
+		}
+		return len(b)
+	default:
+		j := i
+		for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ' ' && b[j] != '\t' && b[j] != '\n' && b[j] != '\r' {
+			j++
+		}
+		return j
+	}
+}
+
+// hasSpace reports whether a valid JSON value has whitespace outside its
+// strings (then it is compacted; Graph sends compact JSON).
+func hasSpace(v []byte) bool {
+	if len(v) == 0 || (v[0] != '{' && v[0] != '[') {
+		return false
+	}
+	for j := 0; j < len(v); j++ {
+		switch v[j] {
+		case '"':
+			j = skipValue(v, j) - 1
+		case ' ', '\t', '\n', '\r':
+			return true
+		}
+	}
+	return false
 }
 
 func stringValue(raw json.RawMessage) string {

@@ -330,9 +330,9 @@ func TestDeltaURL(t *testing.T) {
 		fields []string
 		want   string
 	}{
-		{nil, "https://graph.microsoft.com/v1.0/sites/contoso.sharepoint.com,2c71,2d22/lists/22e0/items/delta?$expand=fields"},
-		{[]string{"Title", "Status", "My_x0020_Column"}, "https://graph.microsoft.com/v1.0/sites/contoso.sharepoint.com,2c71,2d22/lists/22e0/items/delta?$expand=fields($select=Title,Status,My_x0020_Column)"},
-		{[]string{"A B&C"}, "https://graph.microsoft.com/v1.0/sites/contoso.sharepoint.com,2c71,2d22/lists/22e0/items/delta?$expand=fields($select=A%20B%26C)"},
+		{nil, "https://graph.microsoft.com/v1.0/sites/contoso.sharepoint.com,2c71,2d22/lists/22e0/items/delta?$expand=fields&$top=1000"},
+		{[]string{"Title", "Status", "My_x0020_Column"}, "https://graph.microsoft.com/v1.0/sites/contoso.sharepoint.com,2c71,2d22/lists/22e0/items/delta?$expand=fields($select=Title,Status,My_x0020_Column)&$top=1000"},
+		{[]string{"A B&C"}, "https://graph.microsoft.com/v1.0/sites/contoso.sharepoint.com,2c71,2d22/lists/22e0/items/delta?$expand=fields($select=A%20B%26C)&$top=1000"},
 	}
 	for _, tt := range tests {
 		if got := DeltaURL("https://graph.microsoft.com/v1.0/", "contoso.sharepoint.com,2c71,2d22", "22e0", tt.fields); got != tt.want {
