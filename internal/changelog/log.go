@@ -2,12 +2,12 @@ package changelog
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/klauspost/compress/gzip"
 	"log/slog"
 	"sort"
 	"strconv"

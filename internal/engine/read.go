@@ -273,13 +273,36 @@ func (rp *readPass) run(ctx context.Context) error {
 		}
 	}
 	rp.lastCommit = rp.r.Now()
+	// The next page is fetched while the current one is logged: Graph's
+	// latency and our encoding overlap. A prefetched page that is never
+	// used is simply dropped; the cursor only ever names pages not logged.
+	fctx, cancelFetch := context.WithCancel(ctx)
+	defer cancelFetch()
+	type fetched struct {
+		page *sharepoint.Page
+		err  error
+	}
+	fetch := func(link string) <-chan fetched {
+		ch := make(chan fetched, 1)
+		go func() {
+			p, err := rp.src.Page(fctx, link)
+			ch <- fetched{p, err}
+		}()
+		return ch
+	}
+	var next <-chan fetched
 	for {
 		if dl, ok := ctx.Deadline(); ok && rp.r.Now().Add(30*time.Second).After(dl) {
 			// Leave time to commit and hand over; the cursor is saved.
 			rp.res.Outcome = "partial"
 			return rp.commit(ctx, link, false)
 		}
-		page, err := rp.src.Page(ctx, link)
+		if next == nil {
+			next = fetch(link)
+		}
+		f := <-next
+		next = nil
+		page, err := f.page, f.err
 		var resync *sharepoint.ResyncError
 		var throttled *sharepoint.ThrottledError
 		switch {
@@ -317,6 +340,9 @@ func (rp *readPass) run(ctx context.Context) error {
 			return fmt.Errorf("read pipeline %s: %w", rp.p.Name, err)
 		}
 		rp.res.Pages++
+		if page.NextLink != "" {
+			next = fetch(page.NextLink)
+		}
 		recs := page.Records(rp.p.Source.Site, rp.p.Source.List)
 		added := 0
 		for i := range recs {

@@ -10,11 +10,11 @@ package keyindex
 
 import (
 	"bufio"
-	"compress/gzip"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/klauspost/compress/gzip"
 	"hash/fnv"
 	"io"
 	"slices"

@@ -1,9 +1,13 @@
 package sharepoint
 
 import (
+	"bytes"
 	"encoding/json"
+	"net/url"
 	"reflect"
 	"testing"
+
+	"github.com/sluicehq/sluice/internal/config"
 )
 
 // FuzzCleanFields checks the one-pass cleaner against encoding/json: the
@@ -48,4 +52,38 @@ func containsAt(s string) bool {
 		}
 	}
 	return false
+}
+
+// FuzzFastPageMatchesStream: for every page both decoders accept, they
+// agree item by item.
+func FuzzFastPageMatchesStream(f *testing.F) {
+	link := `"https://graph.microsoft.com/v1.0/sites/s/lists/l/items/delta?token=x"`
+	f.Add(`{"@odata.context":"c","@odata.nextLink":` + link + `,"value":[{"id":"1","eTag":"\"e,1\"","lastModifiedDateTime":"2026-11-25T08:00:00Z","fields":{"@odata.etag":"x","Title":"a","N":1}},{"id":"2","deleted":{"state":"deleted"}}]}`)
+	f.Add(`{"value":[{"@removed":{"reason":"deleted"},"id":"3"},{"id":4,"fields":{"A\u0040x":1,"B":[1, 2]}}],"@odata.deltaLink":` + link + `}`)
+	f.Add(`{"value":[],"@odata.deltaLink":` + link + `}`)
+	c, err := New(Options{GraphURL: "https://graph.microsoft.com/v1.0", Auth: config.Auth{Type: config.AuthBearer, Token: "t"}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	u, _ := url.Parse("https://graph.microsoft.com/v1.0/sites/s/lists/l/items/delta")
+	f.Fuzz(func(t *testing.T, page string) {
+		data := []byte(page)
+		if !json.Valid(data) {
+			return
+		}
+		fp, ok := fastPage(data)
+		if !ok {
+			return
+		}
+		sp, err := c.decodePageStream(bytes.NewReader(data), u)
+		if err != nil {
+			if _, err2 := c.checkPage(fp, u, true, fp.NextLink != "", fp.DeltaLink != ""); err2 == nil {
+				t.Fatalf("stream refused a page the fast path accepts: %v\n%s", err, page)
+			}
+			return
+		}
+		if !reflect.DeepEqual(fp.Items, sp.Items) || fp.NextLink != sp.NextLink || fp.DeltaLink != sp.DeltaLink {
+			t.Fatalf("fast %+v\nstream %+v\npage %s", fp, sp, page)
+		}
+	})
 }

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -64,8 +65,9 @@ type Options struct {
 // Client reads SharePoint lists through Graph. It is safe for concurrent use;
 // all its requests share one throttling pause.
 type Client struct {
-	graph           *url.URL // scheme+host every link must match
-	graphURL        string   // without trailing slash
+	bufs            sync.Pool // page bodies, reused between pages
+	graph           *url.URL  // scheme+host every link must match
+	graphURL        string    // without trailing slash
 	hc              *http.Client
 	tokens          *tokens
 	userAgent       string

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/sluicehq/sluice/internal/changelog"
 )
@@ -164,7 +165,50 @@ func (c *Client) decodePage(resp *http.Response, u *url.URL) (*Page, error) {
 	if resp.ContentLength > c.maxPageBytes {
 		return nil, fmt.Errorf("Graph page from %s is %d bytes, more than the limit of %d (MaxPageBytes)", redact(u), resp.ContentLength, c.maxPageBytes)
 	}
-	body := &limitReader{r: resp.Body, n: c.maxPageBytes}
+	// Fast path: read the (bounded) page, validate it in one pass, then
+	// walk the already-valid bytes. Anything unusual — a read error, invalid
+	// JSON, an unexpected shape — goes through the streaming decoder below,
+	// which says what is wrong and at which byte.
+	lr := &limitReader{r: resp.Body, n: c.maxPageBytes}
+	buf, _ := c.bufs.Get().(*bytes.Buffer)
+	if buf == nil {
+		buf = new(bytes.Buffer)
+	}
+	defer func() {
+		if buf.Cap() <= 16<<20 { // do not keep a huge page's buffer
+			buf.Reset()
+			c.bufs.Put(buf)
+		}
+	}()
+	buf.Reset()
+	if resp.ContentLength > 0 {
+		buf.Grow(int(resp.ContentLength) + 1)
+	}
+	_, readErr := buf.ReadFrom(lr)
+	data := buf.Bytes()
+	if readErr == nil && json.Valid(data) {
+		// Items copy what they keep (ids, cleaned fields), so the buffer can
+		// be reused for the next page.
+		if p, ok := fastPage(data); ok {
+			p.Bytes = int64(len(data))
+			return c.checkPage(p, u, true, p.NextLink != "", p.DeltaLink != "")
+		}
+	}
+	return c.decodePageStream(io.MultiReader(bytes.NewReader(data), errReader{readErr}), u)
+}
+
+// errReader returns err (io.EOF when nil) after the bytes read before it.
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) {
+	if e.err == nil {
+		return 0, io.EOF
+	}
+	return 0, e.err
+}
+
+func (c *Client) decodePageStream(r io.Reader, u *url.URL) (*Page, error) {
+	body := &limitReader{r: r, n: c.maxPageBytes}
 	dec := json.NewDecoder(body)
 	p := &Page{}
 	fail := func(err error) (*Page, error) { return nil, c.pageError(u, dec, body, err) }
@@ -226,7 +270,11 @@ func (c *Client) decodePage(resp *http.Response, u *url.URL) (*Page, error) {
 		return fail(err)
 	}
 	p.Bytes = body.read
+	return c.checkPage(p, u, sawValue, sawNext, sawDelta)
+}
 
+// checkPage applies the shape rules of reference §1.1 to a decoded page.
+func (c *Client) checkPage(p *Page, u *url.URL, sawValue, sawNext, sawDelta bool) (*Page, error) {
 	switch {
 	case !sawValue:
 		return nil, fmt.Errorf("Graph page from %s has no value array", redact(u))
@@ -243,6 +291,151 @@ func (c *Client) decodePage(resp *http.Response, u *url.URL) (*Page, error) {
 		return nil, fmt.Errorf("Graph page from %s: %w", redact(u), err)
 	}
 	return p, nil
+}
+
+// fastPage walks a page that json.Valid accepted. ok is false when the page
+// is not the usual shape (the streaming decoder then reports why), or when
+// it has no value array, so that the checks see the same page either way.
+func fastPage(data []byte) (p *Page, ok bool) {
+	p = &Page{}
+	sawValue := false
+	okMembers := members(data, func(key string, val []byte) bool {
+		switch key {
+		case "value":
+			if len(val) == 0 || val[0] != '[' {
+				return false
+			}
+			sawValue = true
+			return elements(val, func(arr []byte, at int) (int, bool) {
+				var ri rawItem
+				end, okItem := membersFrom(arr, at, func(k string, v []byte) bool {
+					switch k {
+					case "id":
+						ri.ID = v
+					case "eTag":
+						ri.ETag, ok = unquote(v)
+					case "@odata.etag":
+						ri.ODataETag, ok = unquote(v)
+					case "lastModifiedDateTime":
+						ri.LastModified, ok = unquote(v)
+					case "deleted":
+						ri.Deleted = v
+					case "@removed":
+						ri.Removed = v
+					case "fields":
+						ri.Fields = v
+					default:
+						return true
+					}
+					return ok || (k != "eTag" && k != "@odata.etag" && k != "lastModifiedDateTime")
+				})
+				if !okItem {
+					return end, false
+				}
+				it, err := ri.item()
+				if err != nil {
+					return end, false
+				}
+				p.Items = append(p.Items, it)
+				return end, true
+			})
+		case "@odata.nextLink":
+			p.NextLink, ok = unquote(val)
+			return ok
+		case "@odata.deltaLink":
+			p.DeltaLink, ok = unquote(val)
+			return ok
+		}
+		return true
+	})
+	if !okMembers || !sawValue {
+		return nil, false
+	}
+	return p, true
+}
+
+// members calls fn for each member of the JSON object b (valid JSON) with
+// the unquoted key and the raw value; false from fn, or b not being an
+// object, stops with false.
+func members(b []byte, fn func(key string, val []byte) bool) bool {
+	_, ok := membersFrom(b, skipSpace(b, 0), fn)
+	return ok
+}
+
+// membersFrom walks the object starting at b[i] and returns the index after
+// it, so that a caller walking an array need not scan each element twice.
+func membersFrom(b []byte, i int, fn func(key string, val []byte) bool) (int, bool) {
+	if i >= len(b) || b[i] != '{' {
+		return i, false
+	}
+	for i++; ; {
+		i = skipSpace(b, i)
+		if i >= len(b) {
+			return i, false
+		}
+		switch b[i] {
+		case '}':
+			return i + 1, true
+		case ',':
+			i++
+			continue
+		}
+		ks := i
+		i = skipValue(b, i)
+		key, ok := unquote(b[ks:i])
+		if !ok {
+			return i, false
+		}
+		i = skipSpace(b, i)
+		if i >= len(b) || b[i] != ':' {
+			return i, false
+		}
+		i = skipSpace(b, i+1)
+		vs := i
+		i = skipValue(b, i)
+		if !fn(key, b[vs:i]) {
+			return i, false
+		}
+	}
+}
+
+// elements calls fn for each element of the JSON array b (valid JSON); fn
+// gets the array and the element's start and returns the index after it.
+func elements(b []byte, fn func(b []byte, i int) (int, bool)) bool {
+	i := skipSpace(b, 0)
+	if i >= len(b) || b[i] != '[' {
+		return false
+	}
+	for i++; ; {
+		i = skipSpace(b, i)
+		if i >= len(b) {
+			return false
+		}
+		switch b[i] {
+		case ']':
+			return true
+		case ',':
+			i++
+			continue
+		}
+		var ok bool
+		if i, ok = fn(b, i); !ok {
+			return false
+		}
+	}
+}
+
+// unquote reads a JSON string value.
+func unquote(v []byte) (string, bool) {
+	if len(v) < 2 || v[0] != '"' || v[len(v)-1] != '"' {
+		return "", false
+	}
+	if bytes.IndexByte(v, '\\') < 0 && utf8.Valid(v) {
+		return string(v[1 : len(v)-1]), true
+	}
+	// Escapes, or invalid UTF-8 (which encoding/json replaces by U+FFFD).
+	var s string
+	return s, json.Unmarshal(v, &s) == nil
 }
 
 func expectDelim(dec *json.Decoder, want json.Delim) error {
@@ -477,13 +670,22 @@ func skipValue(b []byte, i int) int {
 	}
 	switch b[i] {
 	case '"':
-		for j := i + 1; j < len(b); j++ {
-			switch b[j] {
-			case '\\':
-				j++
-			case '"':
-				return j + 1
+		for j := i + 1; j < len(b); {
+			k := bytes.IndexByte(b[j:], '"')
+			if k < 0 {
+				return len(b)
 			}
+			q := j + k
+			// The quote ends the string unless an odd run of backslashes
+			// escapes it.
+			bs := 0
+			for q-1-bs > i && b[q-1-bs] == '\\' {
+				bs++
+			}
+			if bs%2 == 0 {
+				return q + 1
+			}
+			j = q + 1
 		}
 		return len(b)
 	case '{', '[':
