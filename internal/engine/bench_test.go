@@ -29,6 +29,9 @@ func BenchmarkDrainPostgres(b *testing.B) {
 	dsn := testenv.Postgres(b)
 	dest := sqlDest("pg", config.DriverPostgres, dsn)
 	dest.BatchSize = 5000
+	if v, err := strconv.Atoi(os.Getenv("SLUICE_BENCH_BATCH")); err == nil && v > 0 {
+		dest.BatchSize = v
+	}
 	f := newSQLFixtureB(b, n, n/5, dest)
 	b.ResetTimer()
 	for range b.N {

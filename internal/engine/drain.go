@@ -237,13 +237,53 @@ func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, 
 	defer stop()
 	var slowest time.Duration
 	total := head.Seq - cp.Seq
+
+	// The checkpoint of a batch is written while the next batch is applied:
+	// the destination and the storage account work at the same time. The
+	// write is waited for before anything else touches the checkpoint, so
+	// it still moves only after its batch was applied (Invariant 4) and
+	// still stops the drain on a conflict (Invariant 5).
+	var saving chan error
+	var savedTo, savedApplied int64
+	settle := func() (rewound bool, err error) {
+		if saving == nil {
+			return false, nil
+		}
+		err = <-saving
+		saving = nil
+		if errors.Is(err, checkpoint.ErrConflict) {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		res.To = savedTo
+		res.Applied += savedApplied
+		if req.Progress != nil {
+			req.Progress(savedTo-res.From, total)
+		}
+		return false, nil
+	}
+	defer func() {
+		if saving != nil {
+			<-saving
+		}
+	}()
 	for {
 		next, ok := <-batches
 		if ok && next.err != nil {
+			if rewound, _ := settle(); rewound {
+				res.Outcome = OutcomeRewound
+				return res, nil
+			}
 			return res, next.err
 		}
 		batch := next.records
 		if len(batch) == 0 {
+			if rewound, err := settle(); rewound || err != nil {
+				res.Outcome = OutcomeRewound
+				return res, err
+			}
 			res.Outcome = OutcomeDrained
 			if cp.LastError != "" || cp.Halted {
 				cp.LastError, cp.Halted = "", false
@@ -256,6 +296,12 @@ func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, 
 		started := d.Now()
 		b := sink.Batch{Pipeline: p.Name, Destination: dst.Name, Generation: cp.Generation, Epoch: cp.Epoch, Records: batch}
 		failed, err := d.apply(ctx, req, sk, b)
+		if rewound, serr := settle(); rewound {
+			res.Outcome = OutcomeRewound
+			return res, nil
+		} else if serr != nil {
+			return res, serr
+		}
 		if errors.Is(err, sink.ErrStaleEpoch) {
 			res.Outcome = OutcomeRewound
 			return res, nil
@@ -309,18 +355,14 @@ func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, 
 		}
 		// Invariant 5: the checkpoint moves by compare-and-swap; a conflict
 		// means an operator rewound it — stop, never merge.
-		if err := checkpoint.Save(ctx, d.Store, p.Name, dst.Name, cp); errors.Is(err, checkpoint.ErrConflict) {
-			res.Outcome = OutcomeRewound
-			return res, nil
-		} else if err != nil {
-			return res, err
-		}
-		res.To = cp.Seq
-		res.Applied += int64(len(batch)) - int64(len(failed))
-		if req.Progress != nil {
-			req.Progress(cp.Seq-res.From, total)
-		}
+		savedTo, savedApplied = cp.Seq, int64(len(batch))-int64(len(failed))
+		saving = make(chan error, 1)
+		go func(c chan<- error) { c <- checkpoint.Save(ctx, d.Store, p.Name, dst.Name, cp) }(saving)
 		if cp.Halted {
+			if rewound, err := settle(); rewound || err != nil {
+				res.Outcome = OutcomeRewound
+				return res, err
+			}
 			res.Outcome = OutcomeHalted
 			res.Error = cp.LastError
 			return res, nil
@@ -330,6 +372,10 @@ func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, 
 		took := d.Now().Sub(started)
 		slowest = max(slowest, took)
 		if !req.Deadline.IsZero() && d.Now().Add(2*slowest+15*time.Second).After(req.Deadline) {
+			if rewound, err := settle(); rewound || err != nil {
+				res.Outcome = OutcomeRewound
+				return res, err
+			}
 			res.Outcome = OutcomeContinued
 			return res, nil
 		}
