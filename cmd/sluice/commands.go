@@ -16,11 +16,6 @@ import (
 	"github.com/sluicehq/sluice/internal/engine"
 )
 
-// notYet is what commands whose issue has not landed answer.
-// notYet is used by commands whose issue has not landed.
-func notYet(what string) error {
-	return fmt.Errorf("%s is not implemented yet in this build", what)
-}
 
 func readCmd() command {
 	return command{name: "read", args: "[--pipeline P]", summary: "run one read pass (what the timer does), then exit",

@@ -34,7 +34,7 @@ func sinkOpener(log *slog.Logger) func(ctx context.Context, p *config.Pipeline, 
 				Logger: log.With("pipeline", p.Name, "destination", d.Name),
 			})
 		default:
-			return nil, fmt.Errorf("destinations of type %q are not implemented yet in this build", d.Type)
+			return nil, fmt.Errorf("unknown destination type %q (sql, servicebus or http)", d.Type)
 		}
 	}
 }
