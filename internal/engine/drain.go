@@ -488,6 +488,10 @@ func (d *Drainer) fail(ctx context.Context, req DrainRequest, cp *checkpoint.Che
 	return res, cause
 }
 
+// maxBatchBytes bounds a batch's fields; with two batches waiting and one
+// being applied, a drain holds at most about three times this.
+const maxBatchBytes = 16 << 20
+
 type prefetched struct {
 	records []changelog.Record
 	err     error
@@ -507,8 +511,13 @@ func prefetch(ctx context.Context, lg *changelog.Log, from, to int64, size int) 
 		defer sc.Close()
 		for {
 			batch := make([]changelog.Record, 0, size)
-			for len(batch) < size && sc.Next() {
-				batch = append(batch, *sc.Record())
+			bytes := 0
+			// A batch ends at size records or maxBatchBytes of fields, so
+			// that lists with very large items cannot blow up memory.
+			for len(batch) < size && bytes < maxBatchBytes && sc.Next() {
+				r := sc.Record()
+				bytes += len(r.Fields) + len(r.Key) + 64
+				batch = append(batch, *r)
 			}
 			if err := sc.Err(); err != nil {
 				select {
