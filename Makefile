@@ -6,7 +6,7 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 # Tests run against real services; see scripts/with-services.
 TEST_FLAGS ?= -timeout 15m
 
-.PHONY: help build test lint deps demo run package bench clean
+.PHONY: help build test lint deps demo run package bench chaos clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ package: ## build dist/ for 'cd dist && func azure functionapp publish <app>'
 
 bench: deps ## measure drains, read and handler start against baselines; writes bench/results/latest.json
 	scripts/with-services $(GO) run ./cmd/sluice-bench $(BENCH_FLAGS)
+
+chaos: deps ## fault-injection suite: kills, outages, throttling against real processes (CHAOS_FLAGS="--seed N --short --keep -v")
+	$(GO) run ./cmd/sluice-chaos $(CHAOS_FLAGS)
 
 clean: ## remove build output
 	rm -rf bin dist

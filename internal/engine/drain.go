@@ -36,7 +36,9 @@ type Drainer struct {
 	Log   *slog.Logger
 	// Queue receives continuations and wake-ups; default WriteQueue.
 	Queue string
-	// LeaseDuration of the destination lease (15..60 s); default 60 s.
+	// LeaseDuration of the destination lease (15..60 s); default 30 s. A
+	// killed drain blocks its destination until the lease expires; safety
+	// does not depend on it (Invariant 5), so short is better.
 	LeaseDuration time.Duration
 	// HaltAfter is how many batches in a row may dead-letter records before
 	// the destination is halted (then it is the destination, not the data).
@@ -96,7 +98,7 @@ func (d *Drainer) defaults() {
 		d.Queue = WriteQueue
 	}
 	if d.LeaseDuration == 0 {
-		d.LeaseDuration = 60 * time.Second
+		d.LeaseDuration = 30 * time.Second
 	}
 	if d.HaltAfter == 0 {
 		d.HaltAfter = 3

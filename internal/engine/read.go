@@ -130,7 +130,9 @@ func (r *Reader) ReadPipeline(ctx context.Context, p *config.Pipeline) (ReadResu
 	r.defaults()
 	res := ReadResult{Pipeline: p.Name}
 	log := r.Log.With("pipeline", p.Name)
-	lease, err := r.Store.AcquireLease(ctx, p.Name+"/lock/read", 60*time.Second)
+	// 30 s: a killed reader holds the pipeline only that long (leases avoid
+	// duplicate work; the fence keeps the log safe).
+	lease, err := r.Store.AcquireLease(ctx, p.Name+"/lock/read", 30*time.Second)
 	if errors.Is(err, azstore.ErrLeaseHeld) {
 		res.Outcome = "busy" // another reader is at it
 		return res, nil

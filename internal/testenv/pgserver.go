@@ -83,10 +83,12 @@ func (s *PGServer) pg(tool string, args ...string) *exec.Cmd {
 }
 
 // Start starts (or restarts) the server and waits until it accepts connections.
+// synchronous_commit stays on: Stop is an immediate shutdown, which would
+// otherwise drop commits the server had already acknowledged.
 func (s *PGServer) Start() {
 	s.t.Helper()
 	data := filepath.Join(s.dir, "data")
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off", s.port, s.dir)
+	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=on -c full_page_writes=off", s.port, s.dir)
 	if out, err := s.pg("pg_ctl", "-D", data, "-o", opts, "-l", filepath.Join(s.dir, "server.log"), "-w", "start").CombinedOutput(); err != nil {
 		log, _ := os.ReadFile(filepath.Join(s.dir, "server.log"))
 		s.t.Fatalf("start PostgreSQL: %v: %s\n%s", err, out, log)

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestChaosShort is `sluice-chaos --short` inside `make test`: real sluice
+// processes killed at random, PostgreSQL and Azurite restarted, the receiver
+// failing, Graph expiring tokens and throttling — then nothing may be lost.
+// SLUICE_CHAOS_SEED reproduces a failed run.
+func TestChaosShort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the chaos suite runs real services for about 2.5 minutes; skipped under -short (run it with `make chaos` or without -short)")
+	}
+	root, err := findRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for what, path := range map[string]string{
+		"Azurite (make deps)": filepath.Join(root, "node_modules", ".bin", "azurite"),
+	} {
+		if !fileExists(path) {
+			missing(t, what)
+		}
+	}
+	if _, err := findPGBin(); err != nil {
+		missing(t, err.Error())
+	}
+	opts := Options{Short: true, Root: root}
+	if v := os.Getenv("SLUICE_CHAOS_SEED"); v != "" {
+		if opts.Seed, err = strconv.ParseInt(v, 10, 64); err != nil {
+			t.Fatalf("SLUICE_CHAOS_SEED=%q: %v", v, err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	w := &testWriter{t: t}
+	start := time.Now()
+	rep, err := Run(ctx, opts, w)
+	w.close()
+	t.Logf("chaos --short took %v", time.Since(start).Round(time.Second))
+	if err != nil {
+		t.Fatalf("the suite could not run: %v", err)
+	}
+	if rep.Failed > 0 {
+		t.Fatalf("seed %d: %d checks failed (reproduce: go run ./cmd/sluice-chaos --short --seed %d):\n%s",
+			rep.Seed, rep.Failed, rep.Seed, strings.Join(rep.Lines, "\n"))
+	}
+}
+
+func missing(t *testing.T, what string) {
+	t.Helper()
+	if os.Getenv("SLUICE_REQUIRE_SERVICES") == "1" {
+		t.Fatalf("%s is required but missing", what)
+	}
+	t.Skipf("%s missing: run with `make test`", what)
+}
+
+// testWriter logs the suite's lines as they come, and drops any that come
+// after Run returned (t.Log would panic then).
+type testWriter struct {
+	t    *testing.T
+	mu   sync.Mutex
+	done bool
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+func (w *testWriter) close() {
+	w.mu.Lock()
+	w.done = true
+	w.mu.Unlock()
+}

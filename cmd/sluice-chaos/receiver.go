@@ -1,0 +1,189 @@
+package main
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Receiver modes.
+const (
+	recvOK       = "ok"
+	recvFail500  = "500"
+	recvThrottle = "429"
+)
+
+// receiver is the HTTP destination: it records every event it accepts
+// (every delivery, repeats included) and can be told to fail.
+type receiver struct {
+	secret []byte
+	srv    *http.Server
+	url    string
+
+	mu         sync.Mutex
+	mode       string
+	retryAfter string
+	// byseq: every delivery of every seq.
+	bySeq    map[int64][]delivery
+	events   int64
+	posts    int64
+	answered map[int]int64 // status → count
+	bad      []string      // protocol violations (signature, body, headers)
+}
+
+// delivery is one event as received.
+type delivery struct {
+	ID, Type, Subject, Gen string
+}
+
+type cloudEvent struct {
+	SpecVersion string          `json:"specversion"`
+	ID          string          `json:"id"`
+	Source      string          `json:"source"`
+	Type        string          `json:"type"`
+	Subject     string          `json:"subject"`
+	Time        string          `json:"time"`
+	SluiceSeq   string          `json:"sluiceseq"`
+	SluiceGen   string          `json:"sluicegen"`
+	Data        json.RawMessage `json:"data"`
+}
+
+func startReceiver(secret string) (*receiver, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	r := &receiver{secret: []byte(secret), mode: recvOK, bySeq: map[int64][]delivery{}, answered: map[int]int64{}}
+	r.srv = &http.Server{Handler: http.HandlerFunc(r.serve), ReadHeaderTimeout: 10 * time.Second}
+	r.url = "http://" + ln.Addr().String() + "/hook"
+	go func() { _ = r.srv.Serve(ln) }()
+	return r, nil
+}
+
+func (r *receiver) close() { _ = r.srv.Close() }
+
+func (r *receiver) setMode(mode, retryAfter string) {
+	r.mu.Lock()
+	r.mode, r.retryAfter = mode, retryAfter
+	r.mu.Unlock()
+}
+
+func (r *receiver) violation(format string, args ...any) {
+	if len(r.bad) < 50 {
+		r.bad = append(r.bad, fmt.Sprintf(format, args...))
+	}
+}
+
+func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(req.Body, 64<<20))
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.posts++
+	answer := func(status int) {
+		r.answered[status]++
+		w.WriteHeader(status)
+	}
+	if err != nil {
+		answer(http.StatusBadRequest)
+		return
+	}
+	switch r.mode {
+	case recvFail500:
+		answer(http.StatusInternalServerError)
+		return
+	case recvThrottle:
+		w.Header().Set("Retry-After", r.retryAfter)
+		answer(http.StatusTooManyRequests)
+		return
+	}
+	if req.Method != http.MethodPost || req.URL.Path != "/hook" {
+		r.violation("%s %s", req.Method, req.URL.Path)
+		answer(http.StatusNotFound)
+		return
+	}
+	if ct := req.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/cloudevents-batch+json") {
+		r.violation("Content-Type %q", ct)
+	}
+	if err := verifySignature(r.secret, req.Header, body, time.Now()); err != nil {
+		// A bad signature is a bug in sluice; accept nothing from it.
+		r.violation("signature: %v", err)
+		answer(http.StatusUnauthorized)
+		return
+	}
+	var events []cloudEvent
+	if err := json.Unmarshal(body, &events); err != nil || len(events) == 0 {
+		r.violation("body is not a non-empty CloudEvents batch: %v", err)
+		answer(http.StatusBadRequest)
+		return
+	}
+	// Idempotency-Key: <pipeline>/<destination>/<g>/<firstSeq>-<lastSeq>.
+	first, last := events[0].SluiceSeq, events[len(events)-1].SluiceSeq
+	if ik := req.Header.Get("Idempotency-Key"); !strings.HasSuffix(ik, "/"+first+"-"+last) {
+		r.violation("Idempotency-Key %q for seqs %s..%s", ik, first, last)
+	}
+	for _, e := range events {
+		seq, err := strconv.ParseInt(e.SluiceSeq, 10, 64)
+		if err != nil || seq <= 0 {
+			r.violation("event %q: sluiceseq %q", e.ID, e.SluiceSeq)
+			continue
+		}
+		if e.SpecVersion != "1.0" || e.Source != "sluice/"+pipelineName {
+			r.violation("event %q: specversion %q source %q", e.ID, e.SpecVersion, e.Source)
+		}
+		r.bySeq[seq] = append(r.bySeq[seq], delivery{ID: e.ID, Type: e.Type, Subject: e.Subject, Gen: e.SluiceGen})
+		r.events++
+	}
+	answer(http.StatusNoContent)
+}
+
+// stats returns copies of what was recorded.
+func (r *receiver) stats() (bySeq map[int64][]delivery, events, posts int64, answered map[int]int64, bad []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	bySeq = make(map[int64][]delivery, len(r.bySeq))
+	for k, v := range r.bySeq {
+		bySeq[k] = append([]delivery(nil), v...)
+	}
+	answered = map[int]int64{}
+	for k, v := range r.answered {
+		answered[k] = v
+	}
+	return bySeq, r.events, r.posts, answered, append([]string(nil), r.bad...)
+}
+
+// verifySignature checks X-Sluice-Signature as a receiver should (DESIGN
+// §3.4): sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">, timestamp fresh.
+func verifySignature(secret []byte, h http.Header, body []byte, now time.Time) error {
+	ts := h.Get("X-Sluice-Timestamp")
+	sig, ok := strings.CutPrefix(h.Get("X-Sluice-Signature"), "sha256=")
+	if ts == "" || !ok {
+		return fmt.Errorf("missing signature headers")
+	}
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return fmt.Errorf("bad timestamp %q", ts)
+	}
+	if age := now.Sub(time.Unix(sec, 0)); age > 5*time.Minute || age < -5*time.Minute {
+		return fmt.Errorf("timestamp %v old", age)
+	}
+	got, err := hex.DecodeString(sig)
+	if err != nil {
+		return fmt.Errorf("bad signature encoding")
+	}
+	mac := hmac.New(sha256.New, secret)
+	mac.Write([]byte(ts + "."))
+	mac.Write(body)
+	if !hmac.Equal(got, mac.Sum(nil)) {
+		return fmt.Errorf("signature mismatch")
+	}
+	return nil
+}
