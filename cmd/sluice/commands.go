@@ -16,7 +16,6 @@ import (
 	"github.com/sluicehq/sluice/internal/engine"
 )
 
-
 func readCmd() command {
 	return command{name: "read", args: "[--pipeline P]", summary: "run one read pass (what the timer does), then exit",
 		flags: func(fs *flag.FlagSet) func(context.Context, *app) error {
