@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/sluicehq/sluice/internal/devhost"
 	"github.com/sluicehq/sluice/internal/functions"
@@ -45,7 +46,18 @@ func runCmd() command {
 					return err
 				}
 				store := openStoreOnce(lookupEnv, cfg, log)
+				// Storage that is not up yet (Azurite still starting) is
+				// waited for a while rather than fatal, as the host would.
 				st, err := store(ctx)
+				for wait := time.Second; err != nil && wait <= 16*time.Second; wait *= 2 {
+					log.Warn("storage not reachable yet; retrying", "in", wait.String(), "err", err.Error())
+					select {
+					case <-ctx.Done():
+						return ctx.Err()
+					case <-time.After(wait):
+					}
+					st, err = store(ctx)
+				}
 				if err != nil {
 					return err
 				}
