@@ -228,7 +228,7 @@ func TestReadCrashAnywhereConverges(t *testing.T) {
 	cancels := 0
 	for i := range 12 {
 		f.list.Churn(rng, 10, 20, 5)
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(5+rng.IntN(60))*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(1+rng.IntN(40))*time.Millisecond)
 		_, err := f.reader.ReadPipeline(ctx, f.p)
 		cancel()
 		if err != nil {
@@ -253,7 +253,7 @@ func TestReadCrashAnywhereConverges(t *testing.T) {
 	cancels = 0
 	for range 12 {
 		f.list.Churn(rng, 3, 10, 2)
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(5+rng.IntN(60))*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(1+rng.IntN(40))*time.Millisecond)
 		if _, err := f.reader.ReadPipeline(ctx, f.p); err != nil {
 			cancels++
 		}
@@ -364,7 +364,7 @@ func TestReadProcessKilledAnywhereConverges(t *testing.T) {
 			f.list.ExpireTokens()
 		}
 		f.list.Churn(rng, 20, 50, 10)
-		if out := run(time.Duration(150+rng.IntN(500)) * time.Millisecond); !strings.Contains(out, "read ") {
+		if out := run(time.Duration(100+rng.IntN(400)) * time.Millisecond); !strings.Contains(out, "read ") {
 			kills++
 		}
 	}
