@@ -29,7 +29,7 @@ func TestMakeDemo(t *testing.T) {
 	cmd.Env = append(cmd.Environ(), "SLUICE_DEMO_SECONDS=60", "SLUICE_DEMO_PORT="+strconv.Itoa(port), "SLUICE_DEMO_SEED=7")
 	out, err := cmd.CombinedOutput()
 	text := string(out)
-	if err != nil || !strings.Contains(text, "demo check passed") {
+	if err != nil || !strings.Contains(text, "demo check passed") || !strings.Contains(text, "replay check passed") {
 		t.Fatalf("make demo: %v\n%s", err, tail(text, 60))
 	}
 	for _, want := range []string{"[sluice]  read (timer", "[sluice]  write (queue", "[webhook] event upsert"} {
