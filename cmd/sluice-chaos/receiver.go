@@ -1,9 +1,6 @@
 package main
 
 import (
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/sink/httpsink"
 )
 
 // Receiver modes.
@@ -113,7 +112,7 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 	if ct := req.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/cloudevents-batch+json") {
 		r.violation("Content-Type %q", ct)
 	}
-	if err := verifySignature(r.secret, req.Header, body, time.Now()); err != nil {
+	if err := httpsink.VerifySignature(r.secret, req.Header, body, time.Now(), 5*time.Minute); err != nil {
 		// A bad signature is a bug in sluice; accept nothing from it.
 		r.violation("signature: %v", err)
 		answer(http.StatusUnauthorized)
@@ -162,28 +161,3 @@ func (r *receiver) stats() (bySeq map[int64][]delivery, events, posts int64, ans
 
 // verifySignature checks X-Sluice-Signature as a receiver should (DESIGN
 // §3.4): sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">, timestamp fresh.
-func verifySignature(secret []byte, h http.Header, body []byte, now time.Time) error {
-	ts := h.Get("X-Sluice-Timestamp")
-	sig, ok := strings.CutPrefix(h.Get("X-Sluice-Signature"), "sha256=")
-	if ts == "" || !ok {
-		return fmt.Errorf("missing signature headers")
-	}
-	sec, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil {
-		return fmt.Errorf("bad timestamp %q", ts)
-	}
-	if age := now.Sub(time.Unix(sec, 0)); age > 5*time.Minute || age < -5*time.Minute {
-		return fmt.Errorf("timestamp %v old", age)
-	}
-	got, err := hex.DecodeString(sig)
-	if err != nil {
-		return fmt.Errorf("bad signature encoding")
-	}
-	mac := hmac.New(sha256.New, secret)
-	mac.Write([]byte(ts + "."))
-	mac.Write(body)
-	if !hmac.Equal(got, mac.Sum(nil)) {
-		return fmt.Errorf("signature mismatch")
-	}
-	return nil
-}

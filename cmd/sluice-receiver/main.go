@@ -5,9 +5,6 @@ package main
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -18,11 +15,12 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/sink/httpsink"
 )
 
 func main() {
@@ -63,7 +61,7 @@ func run(ctx context.Context, addr, secret string, quiet bool, out io.Writer) er
 			return
 		}
 		if secret != "" {
-			if err := verify([]byte(secret), r.Header, body, time.Now()); err != nil {
+			if err := httpsink.VerifySignature([]byte(secret), r.Header, body, time.Now(), 5*time.Minute); err != nil {
 				log.Warn("rejected a request", "reason", err.Error())
 				http.Error(w, err.Error(), http.StatusUnauthorized)
 				return
@@ -117,32 +115,4 @@ func summary(data json.RawMessage) string {
 		}
 	}
 	return strings.Join(parts, " ")
-}
-
-// verify checks the X-Sluice-Signature of a request (README: "Verifying
-// sluice's webhook signature").
-func verify(secret []byte, h http.Header, body []byte, now time.Time) error {
-	ts := h.Get("X-Sluice-Timestamp")
-	sig, ok := strings.CutPrefix(h.Get("X-Sluice-Signature"), "sha256=")
-	if ts == "" || !ok {
-		return errors.New("missing signature headers")
-	}
-	sec, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil {
-		return errors.New("bad timestamp")
-	}
-	if age := now.Sub(time.Unix(sec, 0)); age > 5*time.Minute || age < -5*time.Minute {
-		return fmt.Errorf("timestamp too old or in the future (%v)", age)
-	}
-	got, err := hex.DecodeString(sig)
-	if err != nil {
-		return errors.New("bad signature encoding")
-	}
-	mac := hmac.New(sha256.New, secret)
-	mac.Write([]byte(ts + "."))
-	mac.Write(body)
-	if !hmac.Equal(got, mac.Sum(nil)) {
-		return errors.New("signature mismatch")
-	}
-	return nil
 }
