@@ -222,13 +222,14 @@ func TestReadThrottling(t *testing.T) {
 
 func TestReadCrashAnywhereConverges(t *testing.T) {
 	t.Parallel()
-	f := newReadFixture(t, 3000)
+	// Large enough that a first enumeration outlasts many short passes.
+	f := newReadFixture(t, 20000)
 	f.list.SetKnobs(graphsim.Knobs{DuplicateRate: 0.1, Shuffle: true})
 	rng := rand.New(rand.NewPCG(11, 12))
 	cancels := 0
 	for i := range 12 {
 		f.list.Churn(rng, 10, 20, 5)
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(1+rng.IntN(40))*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(1+rng.IntN(25))*time.Millisecond)
 		_, err := f.reader.ReadPipeline(ctx, f.p)
 		cancel()
 		if err != nil {
@@ -253,7 +254,7 @@ func TestReadCrashAnywhereConverges(t *testing.T) {
 	cancels = 0
 	for range 12 {
 		f.list.Churn(rng, 3, 10, 2)
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(1+rng.IntN(40))*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(1+rng.IntN(25))*time.Millisecond)
 		if _, err := f.reader.ReadPipeline(ctx, f.p); err != nil {
 			cancels++
 		}
@@ -330,7 +331,8 @@ func childRead() int {
 
 func TestReadProcessKilledAnywhereConverges(t *testing.T) {
 	t.Parallel()
-	f := newReadFixture(t, 30000)
+	// Large enough that a read outlasts the kill window on a fast machine.
+	f := newReadFixture(t, 60000)
 	f.list.SetKnobs(graphsim.Knobs{DuplicateRate: 0.05, Shuffle: true})
 	container := f.st.Container()
 	seed := time.Now().UnixNano()
