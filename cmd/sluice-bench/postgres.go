@@ -97,6 +97,18 @@ func (b *bench) checkPostgres(ctx context.Context, table string) (bool, string, 
 		return false, "", err
 	}
 	defer rows.Close()
+	return b.checkRows(rows)
+}
+
+// rowScanner is what pgx.Rows and *sql.Rows have in common.
+type rowScanner interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+}
+
+// checkRows compares (id, _sluice_seq) rows with the folded log.
+func (b *bench) checkRows(rows rowScanner) (bool, string, error) {
 	var id string
 	var seq int64
 	n, bad := 0, 0

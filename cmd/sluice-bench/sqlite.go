@@ -62,26 +62,7 @@ func (b *bench) checkSQLite(ctx context.Context, dsn string) (bool, string, erro
 		return false, "", err
 	}
 	defer rows.Close()
-	var id string
-	var seq int64
-	n, bad := 0, 0
-	first := ""
-	for rows.Next() {
-		if err := rows.Scan(&id, &seq); err != nil {
-			return false, "", err
-		}
-		n++
-		if want, ok := b.log.fold[id]; !ok || want != seq {
-			if bad == 0 {
-				first = fmt.Sprintf("row %s has _sluice_seq %d, the log %d (0: deleted)", id, seq, want)
-			}
-			bad++
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return false, "", err
-	}
-	return checkOutcome(n, bad, len(b.log.fold), first)
+	return b.checkRows(rows)
 }
 
 // sqliteBulk inserts the folded log's final rows into a fresh table.
