@@ -258,6 +258,24 @@ func (a *Appender) Commit(ctx context.Context, update func(*State)) error {
 	return nil
 }
 
+// Annotate saves changes to the state that must not move the head, such as
+// the outcome of a pass (compare-and-swap, like Commit). Records added since
+// the last Commit stay uncommitted: a pass that failed between two page
+// boundaries must not commit half of its work with the cursor of the last
+// boundary (Invariant 2), or the next pass would log those pages again.
+func (a *Appender) Annotate(ctx context.Context, update func(*State)) error {
+	prev := *a.st
+	update(a.st)
+	a.st.Head = prev.Head
+	if err := a.l.SaveState(ctx, a.st); err != nil {
+		etag := a.st.etag
+		*a.st = prev
+		a.st.etag = etag
+		return fmt.Errorf("save state of pipeline %s: %w", a.l.pipeline, err)
+	}
+	return nil
+}
+
 // State is the state as last committed by this appender.
 func (a *Appender) State() *State { return a.st }
 

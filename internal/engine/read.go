@@ -195,13 +195,19 @@ func (r *Reader) ReadPipeline(ctx context.Context, p *config.Pipeline) (ReadResu
 	if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
 		err = fmt.Errorf("%w (%v)", err, cause)
 	}
-	res.Head = a.Head().Seq
+	// Records added after the last commit are not part of the log: the
+	// head is what was committed.
+	res.Head = a.State().Head.Seq
 	// Record the outcome (best effort: a fenced-out reader cannot).
+	// Invariant 2: this write never moves the head. A pass that failed
+	// between page boundaries leaves its uncommitted records as orphans;
+	// committing them here would put the head past the cursor, and the next
+	// pass would log those pages again under new seqs.
 	outcome := res.Outcome
 	if err != nil {
 		outcome = "failed: " + err.Error()
 	}
-	_ = a.Commit(context.WithoutCancel(ctx), func(s *changelog.State) {
+	_ = a.Annotate(context.WithoutCancel(ctx), func(s *changelog.State) {
 		s.Source.LastRead, s.Source.LastOutcome = r.Now().UTC(), truncate(outcome, 300)
 	})
 	if werr := r.wake(context.WithoutCancel(ctx), p, res.Head, &res); werr != nil && err == nil {
@@ -334,7 +340,7 @@ func (rp *readPass) run(ctx context.Context) error {
 			if err := rp.commit(ctx, link, false); err != nil {
 				return err
 			}
-			return rp.a.Commit(ctx, func(s *changelog.State) { s.Source.ThrottledUntil = throttled.Until.UTC() })
+			return rp.a.Annotate(ctx, func(s *changelog.State) { s.Source.ThrottledUntil = throttled.Until.UTC() })
 		case err != nil:
 			if cerr := rp.commit(context.WithoutCancel(ctx), link, false); cerr != nil {
 				rp.log.Warn("commit after a failed page", "err", cerr.Error())
@@ -479,12 +485,13 @@ func (rp *readPass) commit(ctx context.Context, cursor string, final bool) error
 		// Keys delivered unchanged are not in the log; record them so that
 		// reconciliation still counts them as seen after a crash. The blob
 		// is referenced only by the state this commit writes.
-		name, err := keyindex.SaveSeen(ctx, rp.r.Store, rp.p.Name, st.Source.RoundStartSeq, st.Fence, rp.a.Head().Seq, seen, rp.skipped)
+		name, err := keyindex.SaveSeen(ctx, rp.r.Store, rp.p.Name, st.Source.RoundStartSeq, st.Fence, seen, rp.skipped)
 		if err != nil {
 			return err
 		}
 		seen = name
 	}
+	round, fence := st.Source.RoundStartSeq, st.Fence
 	err := rp.a.Commit(ctx, func(s *changelog.State) {
 		s.Source.Cursor = cursor
 		s.Source.RoundSeen = seen
@@ -500,7 +507,10 @@ func (rp *readPass) commit(ctx context.Context, cursor string, final bool) error
 	}
 	rp.pending, rp.lastCommit, rp.skipped = 0, rp.r.Now(), nil
 	if final && rp.before != nil {
-		keyindex.DropSeen(ctx, rp.r.Store, rp.p.Name)
+		// Only this round's chain (and older rounds' leftovers): a reader
+		// that lost the pipeline after this commit must not touch the
+		// chain of a round a newer reader started.
+		keyindex.DropSeen(ctx, rp.r.Store, rp.p.Name, round, fence)
 		rp.before, rp.overlay = nil, nil
 	}
 	return nil

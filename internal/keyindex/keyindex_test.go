@@ -91,16 +91,21 @@ func TestSeenChain(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	st := testenv.Store(t)
-	n1, err := keyindex.SaveSeen(ctx, st, "p", 10, 1, 20, "", []string{"a", "b"})
+	n1, err := keyindex.SaveSeen(ctx, st, "p", 10, 1, "", []string{"a", "b"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	n2, err := keyindex.SaveSeen(ctx, st, "p", 10, 1, 30, n1, []string{"c"})
+	// Defect 1 (issue 11): a second commit at the same head (nothing was
+	// logged in between) must get a blob of its own.
+	n2, err := keyindex.SaveSeen(ctx, st, "p", 10, 1, n1, []string{"c"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if n2 == n1 {
+		t.Fatalf("two commits of one pass share the blob %s", n1)
 	}
 	// An orphan from a crashed pass, never committed: not in the chain.
-	if _, err := keyindex.SaveSeen(ctx, st, "p", 10, 1, 40, n2, []string{"zzz"}); err != nil {
+	if _, err := keyindex.SaveSeen(ctx, st, "p", 10, 1, n2, []string{"zzz"}); err != nil {
 		t.Fatal(err)
 	}
 	seen, err := keyindex.LoadSeen(ctx, st, n2)
@@ -112,8 +117,49 @@ func TestSeenChain(t *testing.T) {
 			t.Fatalf("%s missing", k)
 		}
 	}
-	keyindex.DropSeen(ctx, st, "p")
+	keyindex.DropSeen(ctx, st, "p", 10, 1)
 	if _, err := keyindex.LoadSeen(ctx, st, n2); err == nil {
 		t.Fatal("dropped chain still readable")
+	}
+}
+
+// Defect 5 (issue 11): a reader that completed a round and deletes its
+// chain late, after a newer reader started the next round (or the same
+// round start again, when the round logged nothing), must leave the newer
+// chain alone, or every later pass fails in LoadSeen.
+func TestStaleDropKeepsNewerChains(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name               string
+		round, fence       int64
+		newRound, newFence int64
+	}{
+		{"next round starts later", 10, 3, 50, 4},
+		{"next round starts at the same head", 10, 3, 10, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			st := testenv.Store(t)
+			// Leftovers of an older, abandoned round, and of this round's
+			// earlier passes.
+			old, _ := keyindex.SaveSeen(ctx, st, "p", 2, 1, "", []string{"x"})
+			mine, _ := keyindex.SaveSeen(ctx, st, "p", tc.round, tc.fence-1, "", []string{"a"})
+			mine, _ = keyindex.SaveSeen(ctx, st, "p", tc.round, tc.fence, mine, []string{"b"})
+			newer, err := keyindex.SaveSeen(ctx, st, "p", tc.newRound, tc.newFence, "", []string{"c"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			keyindex.DropSeen(ctx, st, "p", tc.round, tc.fence)
+			if seen, err := keyindex.LoadSeen(ctx, st, newer); err != nil || len(seen) != 1 {
+				t.Fatalf("a late drop of round %d (fence %d) broke the chain of round %d (fence %d): %v, %v",
+					tc.round, tc.fence, tc.newRound, tc.newFence, seen, err)
+			}
+			for _, n := range []string{old, mine} {
+				if _, err := keyindex.LoadSeen(ctx, st, n); err == nil {
+					t.Fatalf("%s survived the drop", n)
+				}
+			}
+		})
 	}
 }

@@ -21,10 +21,38 @@ import (
 
 func seenPrefix(pipeline string) string { return pipeline + "/index/round/" }
 
+// seenName names the n-th blob (from 1) of a round's chain written under
+// fence: <pipeline>/index/round/<roundStart>/<fence>-<n>.gz. The name must
+// be unique for every commit: a round in which nothing changes commits again
+// and again at the same head, and a name reused there would drop that
+// interval's keys, which reconciliation would then delete (issue 11).
+func seenName(pipeline string, roundStart, fence int64, n int) string {
+	return fmt.Sprintf("%s%020d/%020d-%010d.gz", seenPrefix(pipeline), roundStart, fence, n)
+}
+
+// parseSeen reads the round, fence and chain position out of a blob name;
+// ok is false for names it does not know (n is 0 for the older
+// <fence>-<head> names, which it still reads for the round and fence).
+func parseSeen(pipeline, name string) (roundStart, fence int64, n int, ok bool) {
+	rest, found := strings.CutPrefix(name, seenPrefix(pipeline))
+	if !found {
+		return 0, 0, 0, false
+	}
+	var tail int64
+	if _, err := fmt.Sscanf(rest, "%020d/%020d-%d.gz", &roundStart, &fence, &tail); err != nil {
+		return 0, 0, 0, false
+	}
+	if len(rest) == 20+1+20+1+10+3 {
+		n = int(tail)
+	}
+	return roundStart, fence, n, true
+}
+
 // SaveSeen writes the keys of one commit interval and returns the blob's
 // name, which the caller commits in the pipeline state. prev is the chain so
-// far ("" for none).
-func SaveSeen(ctx context.Context, st *azstore.Store, pipeline string, roundStart, fence, head int64, prev string, keys []string) (string, error) {
+// far ("" for none); fence is the caller's, so that two passes never share a
+// name.
+func SaveSeen(ctx context.Context, st *azstore.Store, pipeline string, roundStart, fence int64, prev string, keys []string) (string, error) {
 	var buf strings.Builder
 	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
 	bw := bufio.NewWriter(zw)
@@ -40,16 +68,27 @@ func SaveSeen(ctx context.Context, st *azstore.Store, pipeline string, roundStar
 	if err := zw.Close(); err != nil {
 		return "", err
 	}
-	name := fmt.Sprintf("%s%020d/%020d-%020d.gz", seenPrefix(pipeline), roundStart, fence, head)
+	n := 1
+	if prev != "" {
+		_, _, pn, ok := parseSeen(pipeline, prev)
+		if !ok {
+			return "", fmt.Errorf("record unchanged keys of %s: the chain's newest blob %q has an unknown name", pipeline, prev)
+		}
+		n = pn + 1
+	}
+	name := seenName(pipeline, roundStart, fence, n)
 	md := map[string]string{}
 	if prev != "" {
 		md["prev"] = prev
 	}
 	if _, err := st.Create(ctx, name, []byte(buf.String()), md); err != nil {
-		if !errors.Is(err, azstore.ErrConflict) {
-			return "", fmt.Errorf("record unchanged keys of %s: %w", pipeline, err)
+		if errors.Is(err, azstore.ErrConflict) {
+			// Never reuse a blob: its keys are another interval's. A pass
+			// ends after a failed commit, so this cannot happen unless two
+			// passes share a fence, which the fence itself rules out.
+			return "", fmt.Errorf("record unchanged keys of %s: %s exists already: %w", pipeline, name, err)
 		}
-		// The same writer (fence) retrying the same commit: same content.
+		return "", fmt.Errorf("record unchanged keys of %s: %w", pipeline, err)
 	}
 	return name, nil
 }
@@ -94,11 +133,25 @@ func readKeys(r io.Reader, into map[string]struct{}) error {
 	}
 }
 
-// DropSeen removes every round's key lists once a round has completed
-// (best effort: leftovers are never read again).
-func DropSeen(ctx context.Context, st *azstore.Store, pipeline string) {
+// DropSeen removes the key lists of the round that started at roundStart
+// and that the caller completed under fence, and the leftovers of older
+// rounds (best effort: leftovers are never read again).
+//
+// It must never touch a chain a newer reader is building. That reader has
+// a higher fence (every pass bumps it), and its round started at or after
+// the completed round's final head, so at or after roundStart: blobs of a
+// later round, and blobs of the same round start under a higher fence, are
+// kept. This holds even when the caller lost the pipeline right after its
+// final commit and deletes late.
+func DropSeen(ctx context.Context, st *azstore.Store, pipeline string, roundStart, fence int64) {
 	var names []string
-	_ = st.List(ctx, seenPrefix(pipeline), func(bi azstore.BlobInfo) error { names = append(names, bi.Name); return nil })
+	_ = st.List(ctx, seenPrefix(pipeline), func(bi azstore.BlobInfo) error {
+		r, f, _, ok := parseSeen(pipeline, bi.Name)
+		if ok && (r < roundStart || r == roundStart && f <= fence) {
+			names = append(names, bi.Name)
+		}
+		return nil
+	})
 	for _, n := range names {
 		_ = st.Delete(ctx, n, "")
 	}
