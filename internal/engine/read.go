@@ -257,6 +257,7 @@ type readPass struct {
 	res *ReadResult
 
 	pending     int       // records added since the last commit
+	seenBlobs   int       // blobs of unchanged keys this pass wrote
 	lastCommit  time.Time // when the last commit happened
 	resyncTries int
 
@@ -266,6 +267,9 @@ type readPass struct {
 	before  *keyindex.Index
 	overlay map[string]uint64
 	skipped []string
+	// added holds the keys the round logged since the last commit: the
+	// round's final commit reconciles before they are committed.
+	added []string
 }
 
 func (rp *readPass) run(ctx context.Context) error {
@@ -360,6 +364,9 @@ func (rp *readPass) run(ctx context.Context) error {
 			if err := rp.a.Add(ctx, &recs[i]); err != nil {
 				return err
 			}
+			if rp.a.State().Source.FullRound {
+				rp.added = append(rp.added, recs[i].Key)
+			}
 			added++
 		}
 		rp.pending += added
@@ -368,15 +375,16 @@ func (rp *readPass) run(ctx context.Context) error {
 			rp.r.Progress(rp.p.Name, rp.res.Records)
 		}
 		if page.DeltaLink != "" {
-			rp.res.Outcome = "read"
-			if rp.a.State().Source.FullRound {
-				// Commit the round's records first (cursor: the link of
-				// this last page), so reconciliation reads them from the log.
-				if err := rp.commit(ctx, link, false); err != nil {
-					return err
-				}
+			// One commit: the last page's records, a full round's
+			// reconciled deletes and the delta link move together
+			// (Invariant 2). Committing the last page first, with the link
+			// that fetched it as cursor, would log that page twice if the
+			// final commit then failed.
+			if err := rp.commit(ctx, page.DeltaLink, true); err != nil {
+				return err
 			}
-			return rp.commit(ctx, page.DeltaLink, true)
+			rp.res.Outcome = "read"
+			return nil
 		}
 		link = page.NextLink
 		if rp.pending >= rp.r.CommitRecords || rp.r.Now().Sub(rp.lastCommit) >= rp.r.CommitInterval {
@@ -405,7 +413,7 @@ func (rp *readPass) startRound(seq int64) {
 func (rp *readPass) prepareRound(ctx context.Context) error {
 	st := rp.a.State()
 	start := st.Source.RoundStartSeq
-	rp.overlay, rp.skipped = map[string]uint64{}, nil
+	rp.overlay, rp.skipped, rp.added = map[string]uint64{}, nil, nil
 	if start == 0 {
 		rp.before = &keyindex.Index{}
 		return nil
@@ -473,19 +481,29 @@ func (rp *readPass) unchanged(rec *changelog.Record) bool {
 // round and not seen in it, so they commit with the round's delta link.
 func (rp *readPass) commit(ctx context.Context, cursor string, final bool) error {
 	st := rp.a.State()
+	seen := st.Source.RoundSeen
 	if final && st.Source.FullRound {
 		n, err := rp.reconcile(ctx, st.Source.RoundStartSeq)
-		if err != nil {
+		switch {
+		case errors.Is(err, errSeenLost):
+			// Without the record of what the round saw unchanged, any
+			// delete would be a guess. Read the list again in full instead:
+			// the next pass starts a new round (an empty cursor).
+			rp.log.Warn("the keys this full round saw unchanged cannot be read; starting the round again instead of guessing deletes", "err", err.Error())
+			cursor, final, seen, rp.skipped = "", false, "", nil
+		case err != nil:
 			return err
+		default:
+			rp.res.Deletes += n
 		}
-		rp.res.Deletes += n
 	}
-	seen := st.Source.RoundSeen
-	if st.Source.FullRound && len(rp.skipped) > 0 {
+	if !final && cursor != "" && st.Source.FullRound && len(rp.skipped) > 0 {
 		// Keys delivered unchanged are not in the log; record them so that
 		// reconciliation still counts them as seen after a crash. The blob
-		// is referenced only by the state this commit writes.
-		name, err := keyindex.SaveSeen(ctx, rp.r.Store, rp.p.Name, st.Source.RoundStartSeq, st.Fence, seen, rp.skipped)
+		// is referenced only by the state this commit writes. (A final
+		// commit has just reconciled with them and needs no blob.)
+		rp.seenBlobs++
+		name, err := keyindex.SaveSeen(ctx, rp.r.Store, rp.p.Name, st.Source.RoundStartSeq, st.Fence, rp.seenBlobs, seen, rp.skipped)
 		if err != nil {
 			return err
 		}
@@ -505,7 +523,7 @@ func (rp *readPass) commit(ctx context.Context, cursor string, final bool) error
 	if err != nil {
 		return err
 	}
-	rp.pending, rp.lastCommit, rp.skipped = 0, rp.r.Now(), nil
+	rp.pending, rp.lastCommit, rp.skipped, rp.added = 0, rp.r.Now(), nil, rp.added[:0]
 	if final && rp.before != nil {
 		// Only this round's chain (and older rounds' leftovers): a reader
 		// that lost the pipeline after this commit must not touch the
@@ -515,6 +533,9 @@ func (rp *readPass) commit(ctx context.Context, cursor string, final bool) error
 	}
 	return nil
 }
+
+// errSeenLost means a blob of the round's chain of unchanged keys is gone.
+var errSeenLost = errors.New("the chain of unchanged keys is incomplete")
 
 // reconcile appends a delete for every key live at roundStart that the round
 // did not deliver. Both sets come from the log itself — the log is the only
@@ -526,21 +547,30 @@ func (rp *readPass) reconcile(ctx context.Context, roundStart int64) (int64, err
 	}
 	st := rp.a.State()
 	seen, err := keyindex.LoadSeen(ctx, rp.r.Store, st.Source.RoundSeen)
+	if errors.Is(err, azstore.ErrNotFound) {
+		return 0, fmt.Errorf("reconcile pipeline %s: %w: %w", rp.p.Name, errSeenLost, err)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("reconcile pipeline %s: %w", rp.p.Name, err)
 	}
+	// Seen in this round: the keys delivered unchanged (committed in the
+	// chain, and since the last commit), the round's committed records and
+	// those added since the last commit, which commit together with the
+	// deletes added here.
 	for _, k := range rp.skipped {
 		seen[k] = struct{}{}
 	}
-	// Every record of the round is committed by now (see run).
+	for _, k := range rp.added {
+		seen[k] = struct{}{}
+	}
 	sc := rp.lg.Scan(ctx, roundStart+1, st.Head.Seq)
+	defer sc.Close()
 	for sc.Next() {
 		seen[sc.Record().Key] = struct{}{}
 	}
 	if err := sc.Err(); err != nil {
 		return 0, fmt.Errorf("reconcile pipeline %s: %w", rp.p.Name, err)
 	}
-	sc.Close()
 	var gone []string
 	for _, e := range rp.before.Entries {
 		if _, ok := seen[e.Key]; !ok {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/internal/changelog"
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/engine"
 	"github.com/sluicehq/sluice/internal/source/sharepoint"
@@ -105,4 +106,118 @@ func TestFailedPassNeverMovesHeadPastCursor(t *testing.T) {
 			checkFold(t, f, "after the interrupted first load")
 		})
 	}
+}
+
+// expireAfterSource expires every token once, right after serving its n-th
+// page: a 410 in the middle of a round.
+type expireAfterSource struct {
+	engine.Source
+	n      int64
+	served atomic.Int64
+	expire func()
+}
+
+func (s *expireAfterSource) Page(ctx context.Context, link string) (*sharepoint.Page, error) {
+	p, err := s.Source.Page(ctx, link)
+	if err == nil && s.served.Add(1) == s.n {
+		s.expire()
+	}
+	return p, err
+}
+
+// A 410 in the middle of a resync of an unchanged list restarts the round
+// at the same head under the same fence; its blobs of unchanged keys must
+// still get names of their own (found by review of the defect 1 fix).
+func TestResyncRestartedMidRoundCompletes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newReadFixture(t, 5000)
+	f.read(t, ctx)
+	clock := newSteppingClock(time.Second)
+	f.reader.Now, f.reader.CommitInterval = clock.Now, 500*time.Millisecond
+	f.list.ExpireTokens()
+	open := f.reader.Open
+	f.reader.Open = func(p *config.Pipeline) (engine.Source, error) {
+		src, err := open(p)
+		return &expireAfterSource{Source: src, n: 2, expire: f.list.ExpireTokens}, err
+	}
+	res, err := f.reader.ReadPipeline(ctx, f.p)
+	if err != nil || res.Outcome != "read" || res.Deletes != 0 || res.Records != 0 {
+		t.Fatalf("resync restarted by a second 410: %+v, %v; want a completed pass that logged nothing", res, err)
+	}
+	checkFold(t, f, "after a resync restarted mid-round")
+}
+
+// A first load whose final commit fails must not log its last page twice
+// (found by review: the last page used to be committed first, with the
+// link that fetched it as cursor, and the delta link in a second commit).
+func TestFinalCommitFailureLogsNoPageTwice(t *testing.T) {
+	t.Parallel()
+	const n = 50
+	f := newReadFixture(t, n)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	lg := changelog.New(f.st, "orders", changelog.Options{})
+	var fired atomic.Bool
+	// Cancel the pass as soon as all n records are committed: between
+	// the two commits, when there were two.
+	f.reader.Now = func() time.Time {
+		if !fired.Load() {
+			if st, err := lg.LoadState(context.Background()); err == nil && st.Head.Seq == n {
+				fired.Store(true)
+				cancel()
+			}
+		}
+		return time.Now()
+	}
+	_, _ = f.reader.ReadPipeline(ctx, f.p)
+	f.reader.Now = time.Now
+	if res := f.read(t, context.Background()); res.Head != n {
+		t.Fatalf("a %d-item first load interrupted at its end logged %d records; want %d", n, res.Head, n)
+	}
+	checkFold(t, f, "after the interrupted end of a first load")
+}
+
+// A round whose chain of unchanged keys lost a blob (as the old DropSeen of
+// a stale reader, defect 5, could do) must not stop the pipeline for good,
+// nor guess deletes: the round starts again.
+func TestLostSeenChainRestartsRound(t *testing.T) {
+	t.Parallel()
+	f := newReadFixture(t, 5000)
+	f.read(t, context.Background())
+	clock := newSteppingClock(time.Second)
+	f.reader.Now, f.reader.CommitInterval = clock.Now, 500*time.Millisecond
+	f.list.ExpireTokens()
+	open := f.reader.Open
+	ctx, cancel := context.WithCancel(context.Background())
+	f.reader.Open = func(p *config.Pipeline) (engine.Source, error) {
+		src, err := open(p)
+		return &cancelAfterSource{Source: src, n: 3, cancel: cancel}, err
+	}
+	_, _ = f.reader.ReadPipeline(ctx, f.p)
+	cancel()
+	f.reader.Open = open
+	st, err := changelog.New(f.st, "orders", changelog.Options{}).LoadState(context.Background())
+	if err != nil || st.Source.RoundSeen == "" {
+		t.Fatalf("the interrupted resync left no chain of unchanged keys (%v); the test proves nothing", err)
+	}
+	if err := f.st.Delete(context.Background(), st.Source.RoundSeen, ""); err != nil {
+		t.Fatal(err)
+	}
+	f.list.Add(map[string]any{"Title": "added after the chain broke"})
+	var deletes int64
+	for i := range 3 {
+		res, err := f.reader.ReadPipeline(context.Background(), f.p)
+		deletes += res.Deletes
+		if err == nil && res.Outcome == "read" && i > 0 {
+			break
+		}
+		if i == 2 {
+			t.Fatalf("the pipeline is stuck after its chain of unchanged keys broke: %+v, %v", res, err)
+		}
+	}
+	if deletes != 0 {
+		t.Fatalf("%d deletes guessed for an unchanged list", deletes)
+	}
+	checkFold(t, f, "after the broken chain")
 }

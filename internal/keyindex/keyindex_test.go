@@ -91,21 +91,25 @@ func TestSeenChain(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	st := testenv.Store(t)
-	n1, err := keyindex.SaveSeen(ctx, st, "p", 10, 1, "", []string{"a", "b"})
+	n1, err := keyindex.SaveSeen(ctx, st, "p", 10, 1, 1, "", []string{"a", "b"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Defect 1 (issue 11): a second commit at the same head (nothing was
 	// logged in between) must get a blob of its own.
-	n2, err := keyindex.SaveSeen(ctx, st, "p", 10, 1, n1, []string{"c"})
+	n2, err := keyindex.SaveSeen(ctx, st, "p", 10, 1, 2, n1, []string{"c"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n2 == n1 {
 		t.Fatalf("two commits of one pass share the blob %s", n1)
 	}
+	// Never another interval's blob, even under the same name.
+	if _, err := keyindex.SaveSeen(ctx, st, "p", 10, 1, 2, n1, []string{"d"}); err == nil {
+		t.Fatal("a second blob under an existing name was accepted")
+	}
 	// An orphan from a crashed pass, never committed: not in the chain.
-	if _, err := keyindex.SaveSeen(ctx, st, "p", 10, 1, n2, []string{"zzz"}); err != nil {
+	if _, err := keyindex.SaveSeen(ctx, st, "p", 10, 1, 3, n2, []string{"zzz"}); err != nil {
 		t.Fatal(err)
 	}
 	seen, err := keyindex.LoadSeen(ctx, st, n2)
@@ -143,10 +147,10 @@ func TestStaleDropKeepsNewerChains(t *testing.T) {
 			st := testenv.Store(t)
 			// Leftovers of an older, abandoned round, and of this round's
 			// earlier passes.
-			old, _ := keyindex.SaveSeen(ctx, st, "p", 2, 1, "", []string{"x"})
-			mine, _ := keyindex.SaveSeen(ctx, st, "p", tc.round, tc.fence-1, "", []string{"a"})
-			mine, _ = keyindex.SaveSeen(ctx, st, "p", tc.round, tc.fence, mine, []string{"b"})
-			newer, err := keyindex.SaveSeen(ctx, st, "p", tc.newRound, tc.newFence, "", []string{"c"})
+			old, _ := keyindex.SaveSeen(ctx, st, "p", 2, 1, 1, "", []string{"x"})
+			mine, _ := keyindex.SaveSeen(ctx, st, "p", tc.round, tc.fence-1, 1, "", []string{"a"})
+			mine, _ = keyindex.SaveSeen(ctx, st, "p", tc.round, tc.fence, 1, mine, []string{"b"})
+			newer, err := keyindex.SaveSeen(ctx, st, "p", tc.newRound, tc.newFence, 1, "", []string{"c"})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -3,7 +3,9 @@ package keyindex
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"github.com/klauspost/compress/gzip"
@@ -30,29 +32,26 @@ func seenName(pipeline string, roundStart, fence int64, n int) string {
 	return fmt.Sprintf("%s%020d/%020d-%010d.gz", seenPrefix(pipeline), roundStart, fence, n)
 }
 
-// parseSeen reads the round, fence and chain position out of a blob name;
-// ok is false for names it does not know (n is 0 for the older
-// <fence>-<head> names, which it still reads for the round and fence).
-func parseSeen(pipeline, name string) (roundStart, fence int64, n int, ok bool) {
+// parseSeen reads the round and fence out of a blob name (also of the
+// older <fence>-<head> names); ok is false for names it does not know.
+func parseSeen(pipeline, name string) (roundStart, fence int64, ok bool) {
 	rest, found := strings.CutPrefix(name, seenPrefix(pipeline))
 	if !found {
-		return 0, 0, 0, false
+		return 0, 0, false
 	}
 	var tail int64
 	if _, err := fmt.Sscanf(rest, "%020d/%020d-%d.gz", &roundStart, &fence, &tail); err != nil {
-		return 0, 0, 0, false
+		return 0, 0, false
 	}
-	if len(rest) == 20+1+20+1+10+3 {
-		n = int(tail)
-	}
-	return roundStart, fence, n, true
+	return roundStart, fence, true
 }
 
 // SaveSeen writes the keys of one commit interval and returns the blob's
 // name, which the caller commits in the pipeline state. prev is the chain so
-// far ("" for none); fence is the caller's, so that two passes never share a
-// name.
-func SaveSeen(ctx context.Context, st *azstore.Store, pipeline string, roundStart, fence int64, prev string, keys []string) (string, error) {
+// far ("" for none). fence is the caller's and n counts the blobs the caller
+// wrote under it (from 1; never reused, also across a restarted round), so
+// that no two commits share a name.
+func SaveSeen(ctx context.Context, st *azstore.Store, pipeline string, roundStart, fence int64, n int, prev string, keys []string) (string, error) {
 	var buf strings.Builder
 	zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
 	bw := bufio.NewWriter(zw)
@@ -68,27 +67,27 @@ func SaveSeen(ctx context.Context, st *azstore.Store, pipeline string, roundStar
 	if err := zw.Close(); err != nil {
 		return "", err
 	}
-	n := 1
-	if prev != "" {
-		_, _, pn, ok := parseSeen(pipeline, prev)
-		if !ok {
-			return "", fmt.Errorf("record unchanged keys of %s: the chain's newest blob %q has an unknown name", pipeline, prev)
-		}
-		n = pn + 1
-	}
 	name := seenName(pipeline, roundStart, fence, n)
-	md := map[string]string{}
+	nonce := make([]byte, 8)
+	_, _ = rand.Read(nonce)
+	md := map[string]string{"nonce": hex.EncodeToString(nonce)}
 	if prev != "" {
 		md["prev"] = prev
 	}
 	if _, err := st.Create(ctx, name, []byte(buf.String()), md); err != nil {
-		if errors.Is(err, azstore.ErrConflict) {
-			// Never reuse a blob: its keys are another interval's. A pass
-			// ends after a failed commit, so this cannot happen unless two
-			// passes share a fence, which the fence itself rules out.
+		if !errors.Is(err, azstore.ErrConflict) {
+			return "", fmt.Errorf("record unchanged keys of %s: %w", pipeline, err)
+		}
+		// Our own write, retried by the SDK after its answer was lost, is
+		// fine. Anything else is never reused: its keys are another
+		// interval's.
+		rc, info, rerr := st.Read(ctx, name)
+		if rerr == nil {
+			rc.Close()
+		}
+		if rerr != nil || info.Metadata["nonce"] != md["nonce"] {
 			return "", fmt.Errorf("record unchanged keys of %s: %s exists already: %w", pipeline, name, err)
 		}
-		return "", fmt.Errorf("record unchanged keys of %s: %w", pipeline, err)
 	}
 	return name, nil
 }
@@ -146,7 +145,7 @@ func readKeys(r io.Reader, into map[string]struct{}) error {
 func DropSeen(ctx context.Context, st *azstore.Store, pipeline string, roundStart, fence int64) {
 	var names []string
 	_ = st.List(ctx, seenPrefix(pipeline), func(bi azstore.BlobInfo) error {
-		r, f, _, ok := parseSeen(pipeline, bi.Name)
+		r, f, ok := parseSeen(pipeline, bi.Name)
 		if ok && (r < roundStart || r == roundStart && f <= fence) {
 			names = append(names, bi.Name)
 		}
