@@ -24,7 +24,15 @@ const maxLine = 64 << 20
 // orphan inside the committed range. The committed one has the highest
 // fence: a writer fenced after a segment was committed started past that
 // segment's last seq, so it can never overlap it (see State.Fence).
+//
+// Invariant 3: writers see only committed records — the candidates are every
+// segment holding seq in both buckets it can start in (a segment never spans
+// a whole bucket), and the highest fence wins across both. An orphan may start
+// in a later bucket than the committed segment it overlaps (a stale writer
+// flushing 10,000..10,300 over a committed 9,990..10,500), so the first bucket
+// with a candidate is not enough.
 func (l *Log) locate(ctx context.Context, seq int64, cache map[int64][]segment) (segment, error) {
+	var best segment
 	for b := bucketOf(seq); b >= 0 && b >= bucketOf(seq)-1; b-- {
 		segs, ok := cache[b]
 		if !ok {
@@ -36,17 +44,16 @@ func (l *Log) locate(ctx context.Context, seq int64, cache map[int64][]segment) 
 				cache[b] = segs
 			}
 		}
-		var best segment
 		for _, s := range segs {
 			if s.first <= seq && seq <= s.last && (best.name == "" || s.fence > best.fence) {
 				best = s
 			}
 		}
-		if best.name != "" {
-			return best, nil
-		}
 	}
-	return segment{}, fmt.Errorf("pipeline %s: no segment holds committed seq %d: %w", l.pipeline, seq, ErrCorrupt)
+	if best.name == "" {
+		return segment{}, fmt.Errorf("pipeline %s: no segment holds committed seq %d: %w", l.pipeline, seq, ErrCorrupt)
+	}
+	return best, nil
 }
 
 // Scanner streams committed records in seq order. Memory stays flat: one
