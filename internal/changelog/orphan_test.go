@@ -392,3 +392,52 @@ func overlapCleanupRun(t *testing.T, seed uint64) []removal {
 	takeOver(1000)
 	return removed.list
 }
+
+// A committed segment removed out of band and replaced by a stale writer's
+// segment of the same name and seqs is refused, not read.
+func TestScanRefusesLowerFenceSuccessor(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	store := testenv.Store(t)
+	l := newLog(t, store, nil)
+
+	st, _ := l.LoadState(ctx)
+	stale, err := l.NewAppender(ctx, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addN(t, ctx, stale, "stale", 10, nil) // 1..10
+	if err := stale.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	addN(t, ctx, stale, "stale", 10, nil) // 11..20, buffered
+
+	st, _ = l.LoadState(ctx)
+	b, err := l.NewAppender(ctx, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		addN(t, ctx, b, "B", 10, nil)
+		if err := b.Commit(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := store.Delete(ctx, segName(11), ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := stale.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	sc := l.Scan(ctx, 1, 20)
+	defer sc.Close()
+	for sc.Next() {
+		if r := sc.Record(); r.Key != "B" {
+			t.Fatalf("seq %d: read the stale writer's record", r.Seq)
+		}
+	}
+	if !errors.Is(sc.Err(), changelog.ErrCorrupt) {
+		t.Fatalf("scan over a replaced segment: %v, want ErrCorrupt", sc.Err())
+	}
+}

@@ -136,7 +136,9 @@ func (s *Scanner) Next() bool {
 
 // open finds and opens the segment holding s.next. Past the first segment
 // the next one is named exactly by its first seq, so there is no choice to
-// make and an orphan can never be picked.
+// make and an orphan can never be picked: names are create-only, so an
+// orphan holding that name would have made the committing writer fail, and
+// a committed segment is never deleted (removeOrphans).
 func (s *Scanner) open() error {
 	var seg segment
 	var err error
@@ -173,7 +175,7 @@ func (s *Scanner) exact(first int64) (segment, error) {
 	}
 	for _, seg := range segs {
 		if seg.first == first {
-			return seg, nil
+			return s.follows(seg)
 		}
 	}
 	// The listing may predate a commit that happened during the scan.
@@ -185,10 +187,24 @@ func (s *Scanner) exact(first int64) (segment, error) {
 	s.bucket[b] = segs
 	for _, seg := range segs {
 		if seg.first == first {
-			return seg, nil
+			return s.follows(seg)
 		}
 	}
 	return segment{}, fmt.Errorf("pipeline %s: no segment starts at committed seq %d: %w", s.l.pipeline, first, ErrCorrupt)
+}
+
+// follows returns seg, the segment named as the one after s.seg, if it can
+// be the committed one: fences never go down along the committed log, as
+// later writers start past the head of earlier ones. A lower fence means a
+// committed segment was removed and an orphan took its name.
+//
+// Invariant 1: scanners fail loudly rather than read such a segment.
+func (s *Scanner) follows(seg segment) (segment, error) {
+	if seg.fence > 0 && seg.fence < s.seg.fence {
+		return segment{}, fmt.Errorf("segment %s (fence %d) follows %s (fence %d), an orphan where a committed segment should be: %w",
+			seg.name, seg.fence, s.seg.name, s.seg.fence, ErrCorrupt)
+	}
+	return seg, nil
 }
 
 func (s *Scanner) readLine() ([]byte, error) {
