@@ -2,6 +2,7 @@ package changelog
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -9,6 +10,7 @@ import (
 	"fmt"
 	"github.com/klauspost/compress/gzip"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -70,15 +72,28 @@ type Appender struct {
 
 // NewAppender takes over the log for appending: it fences out every earlier
 // writer by bumping st.Fence (compare-and-swap), then removes orphans — the
-// segments past the committed head that a dead or fenced-out writer left.
+// segments that a dead or fenced-out writer left past the committed head or
+// over a committed range.
 // st must be freshly loaded; on ErrConflict load it again.
 func (l *Log) NewAppender(ctx context.Context, st *State) (*Appender, error) {
+	prevFrom := st.FencedFrom
 	st.Fence++
+	st.FencedFrom = st.Head.Seq + 1
 	if err := l.SaveState(ctx, st); err != nil {
 		st.Fence--
+		st.FencedFrom = prevFrom
 		return nil, fmt.Errorf("fence pipeline %s: %w", l.pipeline, err)
 	}
-	if err := l.removeOrphans(ctx, st); err != nil {
+	// A fenced-out writer that kept flushing left its orphans over what the
+	// writers after it committed: the previous writer's range starts at
+	// prevFrom. Orphans over older ranges (from a writer paused through
+	// more than one takeover) are not searched for; reads never pick them
+	// (locate prefers the highest fence), they only take space.
+	from := st.FencedFrom
+	if prevFrom > 0 && prevFrom < from {
+		from = prevFrom
+	}
+	if err := l.removeOrphans(ctx, st, from); err != nil {
 		return nil, err
 	}
 	b := make([]byte, 6)
@@ -87,43 +102,70 @@ func (l *Log) NewAppender(ctx context.Context, st *State) (*Appender, error) {
 	return a, nil
 }
 
-// removeOrphans deletes segments whose first seq is past the committed head.
+// removeOrphans deletes segments that no writer can ever commit: those whose
+// first seq is past the committed head, and those that overlap a segment
+// written under a higher fence. It lists the buckets from the one before
+// from's (a segment holding from may start there) through the head's, and
+// on while a bucket holds segments past the head.
 //
-// Invariant 1: committed segments are never rewritten. An orphan is deleted
-// only by its own ETag, and only after this writer's fence is in place and
-// has been re-read unchanged after the listing: any segment seen in the
-// listing was then either uncommitted for good (its writer was fenced out
-// before it could commit) or written under a later fence, which the re-read
-// would have shown. So a committed segment is never deleted, even by a
-// writer that was paused and lost its lease.
-func (l *Log) removeOrphans(ctx context.Context, st *State) error {
-	var orphans []segment
-	for b := bucketOf(st.Head.Seq + 1); ; b++ {
-		found := false
+// Invariant 1: committed segments are never rewritten, nor deleted. An orphan
+// is deleted only by its own ETag, and only after this writer's fence is in
+// place and has been re-read unchanged after the listing.
+//
+// Past the head: any segment seen in the listing was then either uncommitted
+// for good (its writer was fenced out before it could commit) or written
+// under a later fence, which the re-read would have shown.
+//
+// Overlapping a higher fence: a writer commits its segments by a
+// compare-and-swap of the state, which fails once a later fence is in place;
+// so every writer with a higher fence took over after those commits, from a
+// head at or past their last seq, and writes only seqs past that head. No
+// segment with a higher fence can therefore hold a seq of a committed
+// segment: of two overlapping segments, the one with the lower fence was
+// never committed, whatever the other one is, and its writer can never commit
+// it. A segment without a fence (from before fences) is never judged so,
+// neither removed nor taken as proof against another. So a committed segment
+// is never deleted, even by a writer that was paused and lost its lease.
+func (l *Log) removeOrphans(ctx context.Context, st *State, from int64) error {
+	head := st.Head.Seq
+	var segs, orphans []segment
+	for b := max(bucketOf(from)-1, 0); ; b++ {
+		past := false
 		err := l.store.List(ctx, l.bucketPrefix(b), func(bi azstore.BlobInfo) error {
 			s, err := parseSegment(bi.Name, string(bi.ETag), bi.Metadata)
 			if err != nil {
 				// A segment whose metadata was never completed cannot be
 				// committed; treat unparseable blobs past the head as orphans.
-				if first, ok := firstFromName(bi.Name); ok && first > st.Head.Seq {
+				if first, ok := firstFromName(bi.Name); ok && first > head {
 					orphans = append(orphans, segment{name: bi.Name, etag: string(bi.ETag), first: first})
-					found = true
+					past = true
 				}
 				return nil
 			}
-			if s.first > st.Head.Seq {
+			segs = append(segs, s)
+			if s.first > head {
 				orphans = append(orphans, s)
-				found = true
+				past = true
 			}
 			return nil
 		})
 		if err != nil {
 			return fmt.Errorf("list orphans of pipeline %s: %w", l.pipeline, err)
 		}
-		// Orphans of one writer are contiguous from its head and no segment
-		// spans a whole bucket, so the first bucket without one ends the search.
-		if !found {
+		// The previous writer's orphans are contiguous from the head and no
+		// segment spans a whole bucket, so past the head's bucket the first
+		// bucket without one ends the search. An older writer's orphans may
+		// lie further on; once commits reach them they overlap what the
+		// next writer finds committed (or take a name a writer needs, which
+		// fails its pass until one starts right there and removes them).
+		if b >= bucketOf(head+1) && !past {
 			break
+		}
+	}
+	over := overlapped(segs)
+	for _, s := range segs {
+		if _, ok := over[s.name]; ok && s.first <= head {
+			orphans = append(orphans, s) // those past the head are in already
 		}
 	}
 	if len(orphans) == 0 {
@@ -137,13 +179,44 @@ func (l *Log) removeOrphans(ctx context.Context, st *State) error {
 		return fmt.Errorf("remove orphans of pipeline %s: %w", l.pipeline, ErrConflict)
 	}
 	for _, o := range orphans {
+		if o.etag == "" {
+			continue // without an ETag the delete would not be conditional
+		}
 		if err := l.store.Delete(ctx, o.name, azstore.ETag(o.etag)); err != nil &&
 			!errors.Is(err, azstore.ErrNotFound) && !errors.Is(err, azstore.ErrConflict) {
 			return fmt.Errorf("remove orphan segment %s: %w", o.name, err)
 		}
-		l.log.Info("removed orphan segment", "pipeline", l.pipeline, "segment", o.name, "first", o.first, "head", st.Head.Seq)
+		attrs := []any{"pipeline", l.pipeline, "segment", o.name, "first", o.first, "last", o.last, "fence", o.fence, "head", head}
+		if w, ok := over[o.name]; ok {
+			attrs = append(attrs, "overlaps", w.name, "overlapsFence", w.fence)
+		}
+		l.log.Info("removed orphan segment", attrs...)
 	}
 	return nil
+}
+
+// overlapped returns the segments of segs that share a seq with a segment of
+// a higher fence, each with one such segment. Segments without a fence are
+// left out on both sides.
+func overlapped(segs []segment) map[string]segment {
+	sorted := slices.Clone(segs)
+	slices.SortFunc(sorted, func(a, b segment) int { return cmp.Compare(a.first, b.first) })
+	out := map[string]segment{}
+	for i, s := range sorted {
+		for _, t := range sorted[i+1:] {
+			if t.first > s.last {
+				break // sorted by first seq: no later one overlaps s either
+			}
+			lo, hi := s, t
+			if lo.fence > hi.fence {
+				lo, hi = hi, lo
+			}
+			if lo.fence > 0 && lo.fence < hi.fence {
+				out[lo.name] = hi
+			}
+		}
+	}
+	return out
 }
 
 func firstFromName(name string) (int64, bool) {

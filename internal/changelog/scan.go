@@ -24,7 +24,15 @@ const maxLine = 64 << 20
 // orphan inside the committed range. The committed one has the highest
 // fence: a writer fenced after a segment was committed started past that
 // segment's last seq, so it can never overlap it (see State.Fence).
+//
+// Invariant 3: writers see only committed records — the candidates are every
+// segment holding seq in both buckets it can start in (a segment never spans
+// a whole bucket), and the highest fence wins across both. An orphan may start
+// in a later bucket than the committed segment it overlaps (a stale writer
+// flushing 10,000..10,300 over a committed 9,990..10,500), so the first bucket
+// with a candidate is not enough.
 func (l *Log) locate(ctx context.Context, seq int64, cache map[int64][]segment) (segment, error) {
+	var best segment
 	for b := bucketOf(seq); b >= 0 && b >= bucketOf(seq)-1; b-- {
 		segs, ok := cache[b]
 		if !ok {
@@ -36,17 +44,16 @@ func (l *Log) locate(ctx context.Context, seq int64, cache map[int64][]segment) 
 				cache[b] = segs
 			}
 		}
-		var best segment
 		for _, s := range segs {
 			if s.first <= seq && seq <= s.last && (best.name == "" || s.fence > best.fence) {
 				best = s
 			}
 		}
-		if best.name != "" {
-			return best, nil
-		}
 	}
-	return segment{}, fmt.Errorf("pipeline %s: no segment holds committed seq %d: %w", l.pipeline, seq, ErrCorrupt)
+	if best.name == "" {
+		return segment{}, fmt.Errorf("pipeline %s: no segment holds committed seq %d: %w", l.pipeline, seq, ErrCorrupt)
+	}
+	return best, nil
 }
 
 // Scanner streams committed records in seq order. Memory stays flat: one
@@ -129,7 +136,9 @@ func (s *Scanner) Next() bool {
 
 // open finds and opens the segment holding s.next. Past the first segment
 // the next one is named exactly by its first seq, so there is no choice to
-// make and an orphan can never be picked.
+// make and an orphan can never be picked: names are create-only, so an
+// orphan holding that name would have made the committing writer fail, and
+// a committed segment is never deleted (removeOrphans).
 func (s *Scanner) open() error {
 	var seg segment
 	var err error
@@ -166,7 +175,7 @@ func (s *Scanner) exact(first int64) (segment, error) {
 	}
 	for _, seg := range segs {
 		if seg.first == first {
-			return seg, nil
+			return s.follows(seg)
 		}
 	}
 	// The listing may predate a commit that happened during the scan.
@@ -178,10 +187,24 @@ func (s *Scanner) exact(first int64) (segment, error) {
 	s.bucket[b] = segs
 	for _, seg := range segs {
 		if seg.first == first {
-			return seg, nil
+			return s.follows(seg)
 		}
 	}
 	return segment{}, fmt.Errorf("pipeline %s: no segment starts at committed seq %d: %w", s.l.pipeline, first, ErrCorrupt)
+}
+
+// follows returns seg, the segment named as the one after s.seg, if it can
+// be the committed one: fences never go down along the committed log, as
+// later writers start past the head of earlier ones. A lower fence means a
+// committed segment was removed and an orphan took its name.
+//
+// Invariant 1: scanners fail loudly rather than read such a segment.
+func (s *Scanner) follows(seg segment) (segment, error) {
+	if seg.fence > 0 && seg.fence < s.seg.fence {
+		return segment{}, fmt.Errorf("segment %s (fence %d) follows %s (fence %d), an orphan where a committed segment should be: %w",
+			seg.name, seg.fence, s.seg.name, s.seg.fence, ErrCorrupt)
+	}
+	return seg, nil
 }
 
 func (s *Scanner) readLine() ([]byte, error) {

@@ -56,8 +56,12 @@ type State struct {
 	// (compare-and-swap) before touching segments, which both stops older
 	// writers from committing and orders segments: of two segments holding
 	// the same seq, the committed one has the higher fence.
-	Fence  int64       `json:"fence"`
-	Source SourceState `json:"source"`
+	Fence int64 `json:"fence"`
+	// FencedFrom is the first seq the writer holding Fence may write (the
+	// head when it took over, plus one); 0 in a state saved before the field
+	// existed. The next writer looks for orphans from there (removeOrphans).
+	FencedFrom int64       `json:"fencedFrom,omitempty"`
+	Source     SourceState `json:"source"`
 
 	etag azstore.ETag
 }
