@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -97,5 +98,70 @@ func TestWriteAndReplayIntoSQLite(t *testing.T) {
 	}
 	if r := runCLI(t, env, "--config", cfg, "replay", "--pipeline", "orders", "--destination", "nope", "--from-seq", "1"); r.code != 1 || !strings.Contains(r.stderr, "warehouse") {
 		t.Fatalf("replay of unknown destination: %+v", r)
+	}
+}
+
+// appendN commits n upserts to pipeline's log.
+func appendN(t *testing.T, st *azstore.Store, pipeline string, n int) {
+	t.Helper()
+	ctx := context.Background()
+	l := changelog.New(st, pipeline, changelog.Options{})
+	s, err := l.LoadState(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := l.NewAppender(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		r := &changelog.Record{Op: changelog.OpUpsert, Key: fmt.Sprint(i % 40), Fields: json.RawMessage(fmt.Sprintf(`{"Title":"t%d"}`, i))}
+		if err := a.Add(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Commit(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Destination names are unique only within a pipeline: two pipelines with a
+// destination "warehouse" each, in one SQLite file, must both get their
+// records however unevenly they are drained.
+func TestPipelinesSharingADestinationNameInOneDatabase(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	container := testenv.UniqueName("cli")
+	settings := testenv.StorageSettings(t)
+	st, err := azstore.Open(ctx, settings, container, azstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "sluice.yaml")
+	var b strings.Builder
+	fmt.Fprintf(&b, "storage:\n  container: %s\npipelines:\n", container)
+	for _, p := range []string{"orders", "contracts"} {
+		fmt.Fprintf(&b, `  - name: %s
+    source: {type: sharepoint, site: contoso.sharepoint.com:/sites/ops, list: %s}
+    destinations:
+      - {name: warehouse, type: sql, driver: sqlite, dsn: "file:%s", table: %s}
+`, p, p, filepath.Join(dir, "shared.db"), p)
+	}
+	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"AzureWebJobsStorage": settings.ConnectionString}
+	heads := map[string]int{}
+	for round := range 3 {
+		for _, p := range []string{"orders", "orders", "orders", "contracts"} {
+			appendN(t, st, p, 20)
+			heads[p] += 20
+			r := runCLI(t, env, "--config", cfg, "write", "--pipeline", p)
+			want := fmt.Sprintf("%s/warehouse: drained, checkpoint %d of head %d", p, heads[p], heads[p])
+			if r.code != 0 || !strings.Contains(r.stdout, want) {
+				t.Fatalf("round %d: write --pipeline %s: %+v; want %q", round, p, r, want)
+			}
+		}
 	}
 }

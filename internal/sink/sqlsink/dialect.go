@@ -40,8 +40,8 @@ type dialect interface {
 	listColumns() string
 	// probe is a cheap statement that fails when the table is missing.
 	probe(table string) string
-	// checkpoint takes (destination, epoch, seq) and yields a row only when
-	// the epoch is not older than the stored one.
+	// checkpoint takes (pipeline, destination, epoch, seq) and yields a row
+	// only when the epoch is not older than the stored one.
 	checkpoint() string
 	createStage(p *plan) []string
 	merge(p *plan) []string

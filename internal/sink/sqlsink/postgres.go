@@ -149,7 +149,7 @@ func (postgres) createTombstones(tomb string) string {
 }
 
 func (postgres) createCheckpoints() string {
-	return `CREATE TABLE IF NOT EXISTS "_sluice_checkpoints" ("destination" text PRIMARY KEY, "epoch" bigint NOT NULL, "seq" bigint NOT NULL)`
+	return `CREATE TABLE IF NOT EXISTS "_sluice_checkpoints" ("pipeline" text NOT NULL, "destination" text NOT NULL, "epoch" bigint NOT NULL, "seq" bigint NOT NULL, PRIMARY KEY ("pipeline", "destination"))`
 }
 
 func (p postgres) addColumn(table, col, typ string) string {
@@ -166,8 +166,8 @@ WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attnum > 0 AND NOT a.attis
 func (postgres) probe(table string) string { return "SELECT 1 FROM " + table + " LIMIT 0" }
 
 func (postgres) checkpoint() string {
-	return `INSERT INTO "_sluice_checkpoints" AS c ("destination", "epoch", "seq") VALUES ($1, $2, $3)
-ON CONFLICT ("destination") DO UPDATE SET "epoch" = EXCLUDED."epoch", "seq" = EXCLUDED."seq"
+	return `INSERT INTO "_sluice_checkpoints" AS c ("pipeline", "destination", "epoch", "seq") VALUES ($1, $2, $3, $4)
+ON CONFLICT ("pipeline", "destination") DO UPDATE SET "epoch" = EXCLUDED."epoch", "seq" = EXCLUDED."seq"
 WHERE c."epoch" <= EXCLUDED."epoch" RETURNING 1`
 }
 

@@ -74,7 +74,7 @@ func (sqlite) listColumns() string             { return "SELECT name, type FROM 
 func (sqlite) tsValue(t time.Time) any         { return t.UTC().Format(changelog.TSFormat) }
 func (s sqlite) merge(p *plan) []string        { return s.mergeStmts(p) }
 func (sqlite) createCheckpoints() string {
-	return `CREATE TABLE IF NOT EXISTS "_sluice_checkpoints" ("destination" TEXT PRIMARY KEY NOT NULL, "epoch" INTEGER NOT NULL, "seq" INTEGER NOT NULL)`
+	return `CREATE TABLE IF NOT EXISTS "_sluice_checkpoints" ("pipeline" TEXT NOT NULL, "destination" TEXT NOT NULL, "epoch" INTEGER NOT NULL, "seq" INTEGER NOT NULL, PRIMARY KEY ("pipeline", "destination"))`
 }
 
 // fold lowercases ASCII only: SQLite compares identifiers case-insensitively
@@ -135,8 +135,8 @@ func (s sqlite) addColumn(table, col, typ string) string {
 }
 
 func (sqlite) checkpoint() string {
-	return `INSERT INTO "_sluice_checkpoints" AS c ("destination", "epoch", "seq") VALUES (?, ?, ?)
-ON CONFLICT ("destination") DO UPDATE SET "epoch" = excluded."epoch", "seq" = excluded."seq"
+	return `INSERT INTO "_sluice_checkpoints" AS c ("pipeline", "destination", "epoch", "seq") VALUES (?, ?, ?, ?)
+ON CONFLICT ("pipeline", "destination") DO UPDATE SET "epoch" = excluded."epoch", "seq" = excluded."seq"
 WHERE c."epoch" <= excluded."epoch" RETURNING 1`
 }
 

@@ -63,7 +63,7 @@ func (sqlserver) fold(name string) string         { return strings.ToLower(name)
 func (sqlserver) tsValue(t time.Time) any         { return t.UTC().Truncate(time.Millisecond) }
 func (sqlserver) probe(table string) string       { return "SELECT TOP (0) 1 FROM " + table }
 func (sqlserver) createCheckpoints() string {
-	return `IF OBJECT_ID(N'[_sluice_checkpoints]', N'U') IS NULL CREATE TABLE [_sluice_checkpoints] ([destination] nvarchar(450) NOT NULL PRIMARY KEY, [epoch] bigint NOT NULL, [seq] bigint NOT NULL)`
+	return `IF OBJECT_ID(N'[_sluice_checkpoints]', N'U') IS NULL CREATE TABLE [_sluice_checkpoints] ([pipeline] nvarchar(128) NOT NULL, [destination] nvarchar(128) NOT NULL, [epoch] bigint NOT NULL, [seq] bigint NOT NULL, PRIMARY KEY ([pipeline], [destination]))`
 }
 
 func (sqlserver) checkKey(key string) string {
@@ -119,9 +119,9 @@ func (sqlserver) listColumns() string {
 
 func (sqlserver) checkpoint() string {
 	return `MERGE [_sluice_checkpoints] WITH (HOLDLOCK) AS c
-USING (VALUES (@p1, @p2, @p3)) AS s ([destination], [epoch], [seq]) ON c.[destination] = s.[destination]
+USING (VALUES (@p1, @p2, @p3, @p4)) AS s ([pipeline], [destination], [epoch], [seq]) ON c.[pipeline] = s.[pipeline] AND c.[destination] = s.[destination]
 WHEN MATCHED AND c.[epoch] <= s.[epoch] THEN UPDATE SET [epoch] = s.[epoch], [seq] = s.[seq]
-WHEN NOT MATCHED THEN INSERT ([destination], [epoch], [seq]) VALUES (s.[destination], s.[epoch], s.[seq])
+WHEN NOT MATCHED THEN INSERT ([pipeline], [destination], [epoch], [seq]) VALUES (s.[pipeline], s.[destination], s.[epoch], s.[seq])
 OUTPUT inserted.[epoch];`
 }
 

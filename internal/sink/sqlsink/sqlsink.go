@@ -1,7 +1,7 @@
 // Package sqlsink applies change records to a SQL table (PostgreSQL, SQLite or
 // SQL Server) exactly as DESIGN §3.4 says: one row per key, one column per
 // field, every op guarded by seq, each batch in one transaction together with
-// the destination's (epoch, seq) checkpoint row.
+// the destination's (pipeline, destination, epoch, seq) checkpoint row.
 //
 // It must never apply an op older than what a row or tombstone already holds,
 // never build SQL from field names without quoting them, never drop a column,
@@ -38,7 +38,9 @@ type Config struct {
 	// Deletes is "hard" (default: remove the row, keep a tombstone) or "soft"
 	// (keep the row with _sluice_deleted = true).
 	Deletes string
-	// Destination names the checkpoint row in _sluice_checkpoints.
+	// Pipeline and Destination key the checkpoint row in _sluice_checkpoints:
+	// destination names are unique only within a pipeline (Invariant 5).
+	Pipeline    string
 	Destination string
 	// Logger receives schema changes and rejected records; nil discards.
 	Logger *slog.Logger
@@ -53,6 +55,9 @@ const (
 	tblCheckpoints = "_sluice_checkpoints"
 	tombPrefix     = "_sluice_tombstones_"
 	sysPrefix      = "_sluice_"
+	// maxCheckpointName bounds pipeline and destination names in
+	// _sluice_checkpoints (SQL Server: two nvarchar(128) key columns).
+	maxCheckpointName = 128
 )
 
 // Sink writes batches into one table. Apply calls are serialised: a
@@ -92,8 +97,11 @@ func Open(ctx context.Context, cfg Config) (*Sink, error) {
 	if strings.IndexByte(cfg.Table, 0) >= 0 || !utf8.ValidString(cfg.Table) {
 		return nil, fmt.Errorf("sql sink: table name %q is not valid text", cfg.Table)
 	}
-	if cfg.Destination == "" {
-		return nil, errors.New("sql sink: destination name is empty (it keys the _sluice_checkpoints row)")
+	if cfg.Pipeline == "" || cfg.Destination == "" {
+		return nil, fmt.Errorf("sql sink: pipeline %q or destination %q is empty (together they key the _sluice_checkpoints row)", cfg.Pipeline, cfg.Destination)
+	}
+	if n := max(utf8.RuneCountInString(cfg.Pipeline), utf8.RuneCountInString(cfg.Destination)); n > maxCheckpointName {
+		return nil, fmt.Errorf("sql sink: pipeline %q or destination %q is longer than %d characters (the _sluice_checkpoints key)", cfg.Pipeline, cfg.Destination, maxCheckpointName)
 	}
 	var soft bool
 	switch cfg.Deletes {
@@ -252,6 +260,7 @@ type plan struct {
 	all         []*column // every known field column, sorted
 	staged      []*column // columns some op of the batch carries a value for
 	ops         []*op     // last good op per key, sorted by key (stable lock order)
+	pipeline    string
 	dest        string
 	epoch, seq  int64
 }
@@ -277,7 +286,7 @@ func (s *Sink) Apply(ctx context.Context, b sink.Batch) error {
 	}
 	p := &plan{
 		table: s.table(), tomb: s.tomb(), soft: s.soft, all: s.all,
-		dest: s.cfg.Destination, epoch: b.Epoch, seq: b.Records[len(b.Records)-1].Seq,
+		pipeline: s.cfg.Pipeline, dest: s.cfg.Destination, epoch: b.Epoch, seq: b.Records[len(b.Records)-1].Seq,
 	}
 	for _, c := range s.all {
 		if c.stage >= 0 {
@@ -559,7 +568,7 @@ func (s *Sink) run(ctx context.Context, p *plan, commit bool) error {
 		// Invariant 5: the checkpoint row is written first, in the batch's
 		// transaction, and refuses an epoch older than the newest seen. The
 		// row lock it takes serialises this batch against a newer drain.
-		ok, err := tx.queryRow(ctx, s.d.checkpoint(), p.dest, p.epoch, p.seq)
+		ok, err := tx.queryRow(ctx, s.d.checkpoint(), p.pipeline, p.dest, p.epoch, p.seq)
 		if err != nil {
 			return fmt.Errorf("write checkpoint: %w", err)
 		}
