@@ -43,6 +43,20 @@ type dialect interface {
 	// checkpoint takes (pipeline, destination, epoch, seq) and yields a row
 	// only when the epoch is not older than the stored one.
 	checkpoint() string
+	// checkpointsKeyed yields a row when _sluice_checkpoints has the shape
+	// of createCheckpoints (keyed by pipeline and destination), none when it
+	// is keyed by destination alone (sluice before that) or missing.
+	checkpointsKeyed() string
+	// lockCheckpoints takes a write lock on _sluice_checkpoints until the
+	// end of the transaction.
+	lockCheckpoints() string
+	// migrateCheckpoints turns a table keyed by destination alone into the
+	// shape of createCheckpoints; its rows become pipeline "" rows.
+	migrateCheckpoints() []string
+	// seedCheckpoint takes (pipeline, destination) and, unless that row
+	// exists, inserts it with the epoch and seq of the legacy row
+	// ("", destination), if there is one.
+	seedCheckpoint() string
 	createStage(p *plan) []string
 	merge(p *plan) []string
 	// isDataError reports whether err is the data's fault (a value or key the

@@ -152,6 +152,32 @@ func (postgres) createCheckpoints() string {
 	return `CREATE TABLE IF NOT EXISTS "_sluice_checkpoints" ("pipeline" text NOT NULL, "destination" text NOT NULL, "epoch" bigint NOT NULL, "seq" bigint NOT NULL, PRIMARY KEY ("pipeline", "destination"))`
 }
 
+func (postgres) checkpointsKeyed() string {
+	return `SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('"_sluice_checkpoints"') AND attname = 'pipeline' AND NOT attisdropped`
+}
+
+func (postgres) lockCheckpoints() string {
+	return `LOCK TABLE "_sluice_checkpoints" IN ACCESS EXCLUSIVE MODE`
+}
+
+// migrateCheckpoints rebuilds the table (a primary key cannot be widened in
+// place); the old primary key index is renamed out of the new one's way.
+func (p postgres) migrateCheckpoints() []string {
+	return []string{
+		`ALTER TABLE "_sluice_checkpoints" RENAME TO "_sluice_checkpoints_legacy"`,
+		`ALTER INDEX IF EXISTS "_sluice_checkpoints_pkey" RENAME TO "_sluice_checkpoints_legacy_pkey"`,
+		p.createCheckpoints(),
+		`INSERT INTO "_sluice_checkpoints" ("pipeline", "destination", "epoch", "seq") SELECT '', "destination", "epoch", "seq" FROM "_sluice_checkpoints_legacy"`,
+		`DROP TABLE "_sluice_checkpoints_legacy"`,
+	}
+}
+
+func (postgres) seedCheckpoint() string {
+	return `INSERT INTO "_sluice_checkpoints" ("pipeline", "destination", "epoch", "seq")
+SELECT $1::text, l."destination", l."epoch", l."seq" FROM "_sluice_checkpoints" AS l WHERE l."pipeline" = '' AND l."destination" = $2::text
+ON CONFLICT ("pipeline", "destination") DO NOTHING`
+}
+
 func (p postgres) addColumn(table, col, typ string) string {
 	// IF NOT EXISTS: a second sink waiting on the first one's lock then
 	// finds the column there and succeeds.

@@ -140,6 +140,34 @@ ON CONFLICT ("pipeline", "destination") DO UPDATE SET "epoch" = excluded."epoch"
 WHERE c."epoch" <= excluded."epoch" RETURNING 1`
 }
 
+func (sqlite) checkpointsKeyed() string {
+	return `SELECT 1 FROM pragma_table_info('_sluice_checkpoints') WHERE name = 'pipeline'`
+}
+
+// lockCheckpoints: a write statement takes the database's write lock even
+// when it changes nothing (and even if the DSN asked for deferred
+// transactions).
+func (sqlite) lockCheckpoints() string {
+	return `DELETE FROM "_sluice_checkpoints" WHERE 0`
+}
+
+// migrateCheckpoints rebuilds the table: SQLite cannot change a primary key
+// in place.
+func (s sqlite) migrateCheckpoints() []string {
+	return []string{
+		`ALTER TABLE "_sluice_checkpoints" RENAME TO "_sluice_checkpoints_legacy"`,
+		s.createCheckpoints(),
+		`INSERT INTO "_sluice_checkpoints" ("pipeline", "destination", "epoch", "seq") SELECT '', "destination", "epoch", "seq" FROM "_sluice_checkpoints_legacy"`,
+		`DROP TABLE "_sluice_checkpoints_legacy"`,
+	}
+}
+
+func (sqlite) seedCheckpoint() string {
+	return `INSERT INTO "_sluice_checkpoints" ("pipeline", "destination", "epoch", "seq")
+SELECT ?1, l."destination", l."epoch", l."seq" FROM "_sluice_checkpoints" AS l WHERE l."pipeline" = '' AND l."destination" = ?2
+ON CONFLICT ("pipeline", "destination") DO NOTHING`
+}
+
 func (s sqlite) createStage(p *plan) []string {
 	var b strings.Builder
 	b.WriteString("CREATE TEMP TABLE " + sqliteStage + " (_id TEXT, _seq INTEGER, _ts TEXT, _del BOOLEAN")

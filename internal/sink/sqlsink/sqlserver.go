@@ -125,6 +125,34 @@ WHEN NOT MATCHED THEN INSERT ([pipeline], [destination], [epoch], [seq]) VALUES 
 OUTPUT inserted.[epoch];`
 }
 
+func (sqlserver) checkpointsKeyed() string {
+	return `SELECT 1 WHERE COL_LENGTH(N'[_sluice_checkpoints]', N'pipeline') IS NOT NULL`
+}
+
+func (sqlserver) lockCheckpoints() string {
+	return `SELECT TOP (0) 1 FROM [_sluice_checkpoints] WITH (TABLOCKX, HOLDLOCK)`
+}
+
+// migrateCheckpoints rebuilds the table: its primary key constraint has a
+// generated name, and a rebuild gives exactly the shape of a new table.
+func (d sqlserver) migrateCheckpoints() []string {
+	return []string{
+		`EXEC sp_rename N'_sluice_checkpoints', N'_sluice_checkpoints_legacy'`,
+		d.createCheckpoints(),
+		`INSERT INTO [_sluice_checkpoints] ([pipeline], [destination], [epoch], [seq]) SELECT N'', [destination], [epoch], [seq] FROM [_sluice_checkpoints_legacy]`,
+		`DROP TABLE [_sluice_checkpoints_legacy]`,
+	}
+}
+
+// seedCheckpoint is a MERGE WITH (HOLDLOCK): two sinks seeding the same row
+// at once cannot both take the NOT MATCHED branch.
+func (sqlserver) seedCheckpoint() string {
+	return `MERGE [_sluice_checkpoints] WITH (HOLDLOCK) AS c
+USING (SELECT @p1 AS [pipeline], l.[destination], l.[epoch], l.[seq] FROM [_sluice_checkpoints] AS l WHERE l.[pipeline] = N'' AND l.[destination] = @p2) AS s
+ON c.[pipeline] = s.[pipeline] AND c.[destination] = s.[destination]
+WHEN NOT MATCHED THEN INSERT ([pipeline], [destination], [epoch], [seq]) VALUES (s.[pipeline], s.[destination], s.[epoch], s.[seq]);`
+}
+
 func (d sqlserver) createStage(p *plan) []string {
 	var b strings.Builder
 	// COLLATE DATABASE_DEFAULT: tempdb's collation may differ from the

@@ -48,6 +48,20 @@ func TestSQLServerStatements(t *testing.T) {
 				"WHEN MATCHED AND c.[epoch] <= s.[epoch] THEN UPDATE SET [epoch] = s.[epoch], [seq] = s.[seq]\n" +
 				"WHEN NOT MATCHED THEN INSERT ([pipeline], [destination], [epoch], [seq]) VALUES (s.[pipeline], s.[destination], s.[epoch], s.[seq])\n" +
 				"OUTPUT inserted.[epoch];"},
+		{"checkpointsKeyed", d.checkpointsKeyed(),
+			"SELECT 1 WHERE COL_LENGTH(N'[_sluice_checkpoints]', N'pipeline') IS NOT NULL"},
+		{"lockCheckpoints", d.lockCheckpoints(),
+			"SELECT TOP (0) 1 FROM [_sluice_checkpoints] WITH (TABLOCKX, HOLDLOCK)"},
+		{"migrateCheckpoints", strings.Join(d.migrateCheckpoints(), ";\n"),
+			"EXEC sp_rename N'_sluice_checkpoints', N'_sluice_checkpoints_legacy';\n" +
+				"IF OBJECT_ID(N'[_sluice_checkpoints]', N'U') IS NULL CREATE TABLE [_sluice_checkpoints] ([pipeline] nvarchar(128) NOT NULL, [destination] nvarchar(128) NOT NULL, [epoch] bigint NOT NULL, [seq] bigint NOT NULL, PRIMARY KEY ([pipeline], [destination]));\n" +
+				"INSERT INTO [_sluice_checkpoints] ([pipeline], [destination], [epoch], [seq]) SELECT N'', [destination], [epoch], [seq] FROM [_sluice_checkpoints_legacy];\n" +
+				"DROP TABLE [_sluice_checkpoints_legacy]"},
+		{"seedCheckpoint", d.seedCheckpoint(),
+			"MERGE [_sluice_checkpoints] WITH (HOLDLOCK) AS c\n" +
+				"USING (SELECT @p1 AS [pipeline], l.[destination], l.[epoch], l.[seq] FROM [_sluice_checkpoints] AS l WHERE l.[pipeline] = N'' AND l.[destination] = @p2) AS s\n" +
+				"ON c.[pipeline] = s.[pipeline] AND c.[destination] = s.[destination]\n" +
+				"WHEN NOT MATCHED THEN INSERT ([pipeline], [destination], [epoch], [seq]) VALUES (s.[pipeline], s.[destination], s.[epoch], s.[seq]);"},
 		{"createStage", strings.Join(d.createStage(mssqlPlan(false)), ";\n"),
 			"IF OBJECT_ID(N'tempdb..#sluice_stage') IS NOT NULL DROP TABLE #sluice_stage;\nCREATE TABLE #sluice_stage (_id nvarchar(450) COLLATE DATABASE_DEFAULT NOT NULL, _seq bigint NOT NULL, _ts datetime2(3) NOT NULL, _del bit NOT NULL, c0 nvarchar(max) COLLATE DATABASE_DEFAULT NULL, c1 float NULL)"},
 		{"loadStage", multiInsert(mssqlStage, stageColNames(6), 2, func(n int) string { return "@p" + itoa(n) }),

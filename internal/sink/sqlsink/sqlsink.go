@@ -174,7 +174,96 @@ func (s *Sink) ensureSchema(ctx context.Context) error {
 			return fmt.Errorf("sql sink %q: table %s is missing and could not be created: %w", s.cfg.Destination, t, err)
 		}
 	}
+	if err := s.migrateCheckpoints(ctx); err != nil {
+		return err
+	}
+	if err := s.seedCheckpoint(ctx); err != nil {
+		return err
+	}
 	s.ready = true
+	return nil
+}
+
+// checkpointsKeyed reports whether _sluice_checkpoints is keyed by pipeline
+// and destination.
+func (s *Sink) checkpointsKeyed(ctx context.Context) (bool, error) {
+	var keyed bool
+	err := s.db.inTx(ctx, false, func(tx txn) error {
+		var err error
+		keyed, err = tx.queryRow(ctx, s.d.checkpointsKeyed())
+		return err
+	})
+	return keyed, err
+}
+
+// migrateCheckpoints turns a _sluice_checkpoints keyed by destination alone
+// (sluice before destinations were told apart by pipeline) into one keyed by
+// pipeline and destination. The old rows become pipeline "" rows, from which
+// seedCheckpoint starts each pipeline's row.
+//
+// Invariant 5: the migration runs in one transaction under a write lock on
+// the table, so no batch commits between the copy and the switch, and
+// several sinks opening at once migrate once: the others wait, find the work
+// done and go on. A failure that leaves the table migrated (another sink
+// won a race the lock did not cover) is not an error.
+func (s *Sink) migrateCheckpoints(ctx context.Context) error {
+	keyed, err := s.checkpointsKeyed(ctx)
+	if err != nil {
+		return fmt.Errorf("sql sink %q: read the shape of %s: %w", s.cfg.Destination, tblCheckpoints, err)
+	}
+	if keyed {
+		return nil
+	}
+	migrated := false
+	err = s.db.inTx(ctx, true, func(tx txn) error {
+		if err := tx.exec(ctx, s.d.lockCheckpoints()); err != nil {
+			return fmt.Errorf("lock: %w", err)
+		}
+		keyed, err := tx.queryRow(ctx, s.d.checkpointsKeyed())
+		if err != nil {
+			return err
+		}
+		if keyed {
+			s.log.Debug("a concurrent sink migrated _sluice_checkpoints while this one waited for the lock")
+			return nil
+		}
+		for _, q := range s.d.migrateCheckpoints() {
+			if err := tx.exec(ctx, q); err != nil {
+				return fmt.Errorf("%s: %w", q, err)
+			}
+		}
+		migrated = true
+		return nil
+	})
+	if err != nil {
+		if keyed, kerr := s.checkpointsKeyed(ctx); kerr == nil && keyed {
+			s.log.Debug("migrating _sluice_checkpoints failed, but a concurrent sink migrated it", "err", err)
+			return nil
+		}
+		return fmt.Errorf("sql sink %q: migrate %s to rows keyed by (pipeline, destination): %w", s.cfg.Destination, tblCheckpoints, err)
+	}
+	if migrated {
+		s.log.Info("migrated _sluice_checkpoints to rows keyed by (pipeline, destination); the old rows are kept as pipeline \"\"")
+	}
+	return nil
+}
+
+// seedCheckpoint starts this sink's checkpoint row from its destination's
+// legacy row, if it has none yet.
+//
+// Invariant 5: a legacy row holds the newest epoch some drain of this
+// destination name wrote before the migration; starting from it keeps a
+// drain that was paused before the upgrade, with an older epoch, refused.
+// It is an insert-if-absent, so sinks seeding at once agree and a row the
+// pipeline already has is never moved back.
+func (s *Sink) seedCheckpoint(ctx context.Context) error {
+	err := s.db.inTx(ctx, true, func(tx txn) error {
+		return tx.exec(ctx, s.d.seedCheckpoint(), s.cfg.Pipeline, s.cfg.Destination)
+	})
+	if err != nil {
+		return fmt.Errorf("sql sink %q: start the %s row of pipeline %q from the destination's legacy row: %w",
+			s.cfg.Destination, tblCheckpoints, s.cfg.Pipeline, err)
+	}
 	return nil
 }
 
