@@ -29,6 +29,14 @@ type WakeUp struct {
 // ones; the engine never imports a driver or SDK.
 type SinkOpener func(ctx context.Context, p *config.Pipeline, d *config.Destination) (sink.Sink, error)
 
+// EpochFloorer is what a sink that stores epochs itself (SQL, Invariant 5)
+// may also do: report the highest epoch it holds for a destination of a
+// pipeline. A drain whose epoch is not above it would be refused by every
+// batch, so the drain raises its epoch past it before the first one.
+type EpochFloorer interface {
+	EpochFloor(ctx context.Context, pipeline, destination string) (int64, error)
+}
+
 // Drainer runs the Write protocol of DESIGN §4 for one destination at a time.
 type Drainer struct {
 	Store *azstore.Store
@@ -179,13 +187,19 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 		}
 		return res, nil
 	}
-	sk, err := d.open(ctx, req)
+	sk, floor, err := d.open(ctx, req)
 	if err != nil {
 		return d.fail(ctx, req, cp, res, err)
 	}
 	defer sk.Close()
 
-	res, err = d.run(ctx, req, lg, st.Head, cp, sk, res, log)
+	if rewound, err := d.raiseEpoch(ctx, p.Name, dst.Name, cp, floor, log); err != nil {
+		return d.fail(ctx, req, cp, res, err)
+	} else if rewound {
+		res.Outcome = OutcomeRewound
+	} else {
+		res, err = d.run(ctx, req, lg, st.Head, cp, sk, res, log)
+	}
 	if err != nil {
 		if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil && !errors.Is(cause, context.Canceled) {
 			err = fmt.Errorf("%w (%v)", err, cause)
@@ -226,6 +240,33 @@ func (d *Drainer) bumpEpoch(ctx context.Context, pipeline, destination string) (
 			return nil, err
 		}
 	}
+}
+
+// raiseEpoch lifts cp's epoch past floor, the highest epoch the destination
+// itself holds for it, by compare-and-swap. A lower epoch would be refused
+// by every batch: a legacy _sluice_checkpoints row shared by two pipelines
+// holds the higher of their epochs, and a recreated checkpoint blob starts
+// again at 1 while the table keeps its row. It reports true when the swap
+// lost: someone (a replay) changed the checkpoint, and the drain must stop.
+//
+// Invariant 5 still holds: the epoch only grows, so every drain that was
+// older than this one stays older (and refused); nothing that was refused
+// becomes accepted, and a rewind that happened meanwhile wins the swap.
+func (d *Drainer) raiseEpoch(ctx context.Context, pipeline, destination string, cp *checkpoint.Checkpoint, floor int64, log *slog.Logger) (rewound bool, err error) {
+	if cp.Epoch > floor {
+		return false, nil
+	}
+	was := cp.Epoch
+	cp.Epoch = floor + 1
+	err = checkpoint.Save(ctx, d.Store, pipeline, destination, cp)
+	if errors.Is(err, checkpoint.ErrConflict) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("raise the epoch of %s/%s past the destination's %d: %w", pipeline, destination, floor, err)
+	}
+	log.Info("epoch raised past the one the destination holds", "was", was, "floor", floor, "epoch", cp.Epoch)
+	return false, nil
 }
 
 // run streams (checkpoint, head] in batches into the sink.
@@ -384,18 +425,27 @@ func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, 
 	}
 }
 
-// open opens the destination, retrying like apply does: a database that is
-// down when the drain starts is the same outage as one that fails mid-way.
-func (d *Drainer) open(ctx context.Context, req DrainRequest) (sink.Sink, error) {
+// open opens the destination and reads its epoch floor (0 for sinks that
+// keep no epochs), retrying like apply does: a database that is down when
+// the drain starts is the same outage as one that fails mid-way.
+func (d *Drainer) open(ctx context.Context, req DrainRequest) (sink.Sink, int64, error) {
 	wait := 500 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		sk, err := d.Open(ctx, req.Pipeline, req.Destination)
+		var floor int64
 		if err == nil {
-			return sk, nil
+			ef, ok := sk.(EpochFloorer)
+			if !ok {
+				return sk, 0, nil
+			}
+			if floor, err = ef.EpochFloor(ctx, req.Pipeline.Name, req.Destination.Name); err == nil {
+				return sk, floor, nil
+			}
+			sk.Close()
 		}
 		err = fmt.Errorf("open destination %s/%s: %w", req.Pipeline.Name, req.Destination.Name, err)
 		if !d.backoff(ctx, req, &wait, attempt, err) {
-			return nil, err
+			return nil, 0, err
 		}
 	}
 }

@@ -481,3 +481,66 @@ func TestReplayFromTime(t *testing.T) {
 		t.Fatalf("dry run from the future after a full rewind = %+v, %v", res, err)
 	}
 }
+
+// floorSink is a memSink that reports the epoch it holds, as SQL sinks do;
+// before, if set, runs when the drain asks.
+type floorSink struct {
+	*memSink
+	before func()
+}
+
+func (s *floorSink) EpochFloor(ctx context.Context, pipeline, destination string) (int64, error) {
+	if s.before != nil {
+		s.before()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.epoch, nil
+}
+
+// A destination holding a newer epoch than the checkpoint (a legacy row, a
+// recreated checkpoint blob) would refuse every batch: the drain raises its
+// epoch past it by compare-and-swap, and a replay that changed the
+// checkpoint meanwhile wins that swap.
+func TestDrainRaisesItsEpochPastTheDestinations(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 300)
+	f.sink.epoch = 30
+	fs := &floorSink{memSink: f.sink}
+	f.d.Open = func(context.Context, *config.Pipeline, *config.Destination) (sink.Sink, error) { return fs, nil }
+	res, err := f.d.Drain(ctx, f.req(300))
+	if err != nil || res.Outcome != engine.OutcomeDrained || res.To != 300 {
+		t.Fatalf("drain = %+v, %v; want drained", res, err)
+	}
+	if cp := f.checkpoint(t); cp.Epoch != 31 {
+		t.Fatalf("checkpoint = %+v; want epoch 31 (raised past the destination's 30)", cp)
+	}
+	f.checkConverged(t)
+
+	// The destination moves ahead again, and a replay lands between taking
+	// the destination and raising the epoch: the replay wins, nothing is
+	// applied under the old generation.
+	f.appendRecords(t, ctx, 100)
+	f.sink.mu.Lock()
+	f.sink.epoch, f.sink.applied = 50, 0
+	f.sink.mu.Unlock()
+	fs.before = func() {
+		fs.before = nil
+		if _, err := engine.Replay(ctx, f.st, engine.ReplayRequest{Pipeline: f.p, Destination: f.dst, FromSeq: 201, By: "test"}, time.Now()); err != nil {
+			t.Error(err)
+		}
+	}
+	res, err = f.d.Drain(ctx, f.req(400))
+	if err != nil || res.Outcome != engine.OutcomeRewound || f.sink.applied != 0 {
+		t.Fatalf("drain that lost the raise to a replay = %+v, %v (%d applied); want rewound before any batch", res, err, f.sink.applied)
+	}
+	res, err = f.d.Drain(ctx, f.req(400))
+	if err != nil || res.Outcome != engine.OutcomeDrained || res.From != 200 || res.To != 400 {
+		t.Fatalf("drain after the replay = %+v, %v; want drained from 200", res, err)
+	}
+	if cp := f.checkpoint(t); cp.Epoch != 51 || cp.Generation != 1 {
+		t.Fatalf("checkpoint = %+v; want epoch 51, generation 1", cp)
+	}
+	f.checkConverged(t)
+}

@@ -190,9 +190,20 @@ ON CONFLICT ("destination") DO UPDATE SET "epoch" = excluded."epoch", "seq" = ex
 				t.Fatal("the old checkpoint statement still works against the migrated table")
 			}
 			// Opening again changes nothing.
-			d.open(t, "orders", "warehouse")
+			again := d.open(t, "orders", "warehouse")
 			if got := d.checkpointRows(t); fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Fatalf("after a second open _sluice_checkpoints = %v, want %v", got, want)
+			}
+			// The floor a drain must raise its epoch past: the pipeline's
+			// row, or the legacy row of its destination, or nothing.
+			ctx := context.Background()
+			for _, tc := range []struct {
+				p, d string
+				want int64
+			}{{"orders", "warehouse", 50}, {"contracts", "warehouse", 51}, {"unseen", "warehouse", 50}, {"orders", "other", 7}, {"orders", "nowhere", 0}} {
+				if got, err := again.EpochFloor(ctx, tc.p, tc.d); err != nil || got != tc.want {
+					t.Errorf("EpochFloor(%s, %s) = %d, %v; want %d", tc.p, tc.d, got, err, tc.want)
+				}
 			}
 		})
 	}

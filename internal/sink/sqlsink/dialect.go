@@ -57,6 +57,9 @@ type dialect interface {
 	// exists, inserts it with the epoch and seq of the legacy row
 	// ("", destination), if there is one.
 	seedCheckpoint() string
+	// epochFloor takes (pipeline, destination) and yields the highest epoch
+	// of that row and of the destination's legacy row, or 0.
+	epochFloor() string
 	createStage(p *plan) []string
 	merge(p *plan) []string
 	// isDataError reports whether err is the data's fault (a value or key the
@@ -85,6 +88,8 @@ type txn interface {
 	exec(ctx context.Context, q string, args ...any) error
 	// queryRow reports whether q returned at least one row.
 	queryRow(ctx context.Context, q string, args ...any) (bool, error)
+	// queryInt returns the integer in the first column of q's one row.
+	queryInt(ctx context.Context, q string, args ...any) (int64, error)
 	// load fills the staging table with p's ops.
 	load(ctx context.Context, p *plan) error
 }
@@ -192,6 +197,12 @@ func (t *sqlTx) queryRow(ctx context.Context, q string, args ...any) (bool, erro
 	}
 	rows.Close()
 	return found, rows.Err()
+}
+
+func (t *sqlTx) queryInt(ctx context.Context, q string, args ...any) (int64, error) {
+	var n int64
+	err := t.tx.QueryRowContext(ctx, q, args...).Scan(&n)
+	return n, err
 }
 
 // load inserts the ops in chunks that respect the parameter limit, reusing

@@ -178,6 +178,10 @@ SELECT $1::text, l."destination", l."epoch", l."seq" FROM "_sluice_checkpoints" 
 ON CONFLICT ("pipeline", "destination") DO NOTHING`
 }
 
+func (postgres) epochFloor() string {
+	return `SELECT COALESCE(MAX("epoch"), 0) FROM "_sluice_checkpoints" WHERE "destination" = $2::text AND "pipeline" IN ($1::text, '')`
+}
+
 func (p postgres) addColumn(table, col, typ string) string {
 	// IF NOT EXISTS: a second sink waiting on the first one's lock then
 	// finds the column there and succeeds.
@@ -302,6 +306,12 @@ func (t pgTx) queryRow(ctx context.Context, q string, args ...any) (bool, error)
 	found := rows.Next()
 	rows.Close()
 	return found, rows.Err()
+}
+
+func (t pgTx) queryInt(ctx context.Context, q string, args ...any) (int64, error) {
+	var n int64
+	err := t.tx.QueryRow(ctx, q, args...).Scan(&n)
+	return n, err
 }
 
 // load COPYs the ops into the staging table through one reused row slice.

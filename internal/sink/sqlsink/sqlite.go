@@ -168,6 +168,10 @@ SELECT ?1, l."destination", l."epoch", l."seq" FROM "_sluice_checkpoints" AS l W
 ON CONFLICT ("pipeline", "destination") DO NOTHING`
 }
 
+func (sqlite) epochFloor() string {
+	return `SELECT COALESCE(MAX("epoch"), 0) FROM "_sluice_checkpoints" WHERE "destination" = ?2 AND "pipeline" IN (?1, '')`
+}
+
 func (s sqlite) createStage(p *plan) []string {
 	var b strings.Builder
 	b.WriteString("CREATE TEMP TABLE " + sqliteStage + " (_id TEXT, _seq INTEGER, _ts TEXT, _del BOOLEAN")

@@ -153,6 +153,10 @@ ON c.[pipeline] = s.[pipeline] AND c.[destination] = s.[destination]
 WHEN NOT MATCHED THEN INSERT ([pipeline], [destination], [epoch], [seq]) VALUES (s.[pipeline], s.[destination], s.[epoch], s.[seq]);`
 }
 
+func (sqlserver) epochFloor() string {
+	return `SELECT COALESCE(MAX([epoch]), 0) FROM [_sluice_checkpoints] WHERE [destination] = @p2 AND [pipeline] IN (@p1, N'')`
+}
+
 func (d sqlserver) createStage(p *plan) []string {
 	var b strings.Builder
 	// COLLATE DATABASE_DEFAULT: tempdb's collation may differ from the

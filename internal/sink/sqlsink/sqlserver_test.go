@@ -62,6 +62,8 @@ func TestSQLServerStatements(t *testing.T) {
 				"USING (SELECT @p1 AS [pipeline], l.[destination], l.[epoch], l.[seq] FROM [_sluice_checkpoints] AS l WHERE l.[pipeline] = N'' AND l.[destination] = @p2) AS s\n" +
 				"ON c.[pipeline] = s.[pipeline] AND c.[destination] = s.[destination]\n" +
 				"WHEN NOT MATCHED THEN INSERT ([pipeline], [destination], [epoch], [seq]) VALUES (s.[pipeline], s.[destination], s.[epoch], s.[seq]);"},
+		{"epochFloor", d.epochFloor(),
+			"SELECT COALESCE(MAX([epoch]), 0) FROM [_sluice_checkpoints] WHERE [destination] = @p2 AND [pipeline] IN (@p1, N'')"},
 		{"createStage", strings.Join(d.createStage(mssqlPlan(false)), ";\n"),
 			"IF OBJECT_ID(N'tempdb..#sluice_stage') IS NOT NULL DROP TABLE #sluice_stage;\nCREATE TABLE #sluice_stage (_id nvarchar(450) COLLATE DATABASE_DEFAULT NOT NULL, _seq bigint NOT NULL, _ts datetime2(3) NOT NULL, _del bit NOT NULL, c0 nvarchar(max) COLLATE DATABASE_DEFAULT NULL, c1 float NULL)"},
 		{"loadStage", multiInsert(mssqlStage, stageColNames(6), 2, func(n int) string { return "@p" + itoa(n) }),

@@ -184,6 +184,31 @@ func (s *Sink) ensureSchema(ctx context.Context) error {
 	return nil
 }
 
+// EpochFloor returns the highest epoch _sluice_checkpoints holds for
+// (pipeline, destination), counting the destination's legacy row; 0 when
+// there is none. A drain whose own epoch is not above it would be refused
+// by every batch (a legacy row shared by two pipelines holds the higher of
+// their epochs; a recreated checkpoint blob starts again at 1), so the
+// engine raises its epoch past it first (Invariant 5).
+func (s *Sink) EpochFloor(ctx context.Context, pipeline, destination string) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.ensureSchema(ctx); err != nil {
+		return 0, err
+	}
+	var floor int64
+	err := s.db.inTx(ctx, false, func(tx txn) error {
+		var err error
+		floor, err = tx.queryInt(ctx, s.d.epochFloor(), pipeline, destination)
+		return err
+	})
+	if err != nil {
+		s.ready = false
+		return 0, fmt.Errorf("sql sink %q: read the epoch of %s/%s in %s: %w", s.cfg.Destination, pipeline, destination, tblCheckpoints, err)
+	}
+	return floor, nil
+}
+
 // checkpointsKeyed reports whether _sluice_checkpoints is keyed by pipeline
 // and destination.
 func (s *Sink) checkpointsKeyed(ctx context.Context) (bool, error) {
