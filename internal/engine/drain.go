@@ -144,12 +144,48 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 	}
 	lease, err := d.Store.AcquireLease(ctx, lockName(p.Name, dst.Name), d.LeaseDuration)
 	if errors.Is(err, azstore.ErrLeaseHeld) {
-		// The holder will see the new head before it stops.
+		// The holder will see the new head before it stops: it looks again
+		// before releasing the lease, and once more after (below).
 		return DrainResult{Outcome: OutcomeBusy, From: cp.Seq, To: cp.Seq}, nil
 	}
 	if err != nil {
 		return DrainResult{}, err
 	}
+	lg := changelog.New(d.Store, p.Name, changelog.Options{Logger: d.Log})
+	res, err := d.drainLeased(ctx, req, lease, lg, log)
+	if err != nil {
+		return res, err
+	}
+
+	// The lease is released. Write 3: a continuation, or a wake-up after a
+	// rewind. And a wake-up answered busy between this drain's last look at
+	// the head and the release was promised that the holder would see its
+	// head: look once more, now that a new wake-up would find the lease
+	// free, and wake the destination if the head moved past what was done.
+	switch res.Outcome {
+	case OutcomeContinued, OutcomeRewound, OutcomeDrained, OutcomeIdle:
+	default:
+		return res, nil
+	}
+	head, known := res.Head, false
+	if st, err := lg.LoadState(ctx); err == nil {
+		head, known = st.Head.Seq, true
+	}
+	if (res.Outcome == OutcomeDrained || res.Outcome == OutcomeIdle) && known && head <= res.To {
+		return res, nil
+	}
+	if err := d.Store.Enqueue(ctx, d.Queue, WakeUp{Pipeline: p.Name, Destination: dst.Name, Head: head}); err != nil {
+		// A lost wake-up would wait for the next tick; fail so the host
+		// retries now.
+		return res, fmt.Errorf("enqueue a wake-up of %s/%s after its drain (%s at %d, head %d): %w", p.Name, dst.Name, res.Outcome, res.To, head, err)
+	}
+	return res, nil
+}
+
+// drainLeased is the part of a drain that holds the destination lease; the
+// lease is released when it returns, after the sink was closed.
+func (d *Drainer) drainLeased(ctx context.Context, req DrainRequest, lease *azstore.Lease, lg *changelog.Log, log *slog.Logger) (DrainResult, error) {
+	p, dst := req.Pipeline, req.Destination
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stopKeep := lease.Keep(ctx, func(err error) { cancel(fmt.Errorf("destination lease lost: %w", err)) })
@@ -162,7 +198,7 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 
 	// Invariant 5: taking the destination bumps its epoch by
 	// compare-and-swap, so a paused older drain is refused from here on.
-	cp, err = d.bumpEpoch(ctx, p.Name, dst.Name)
+	cp, err := d.bumpEpoch(ctx, p.Name, dst.Name)
 	if err != nil {
 		return DrainResult{}, err
 	}
@@ -173,7 +209,6 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 		// An operator asked: give the destination a fresh start.
 		cp.DeadLetterRun, cp.Halted = 0, false
 	}
-	lg := changelog.New(d.Store, p.Name, changelog.Options{Logger: d.Log})
 	st, err := lg.LoadState(ctx)
 	if err != nil {
 		return DrainResult{}, err
@@ -197,32 +232,41 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 		return d.fail(ctx, req, cp, res, err)
 	} else if rewound {
 		res.Outcome = OutcomeRewound
-	} else {
-		res, err = d.run(ctx, req, lg, st.Head, cp, sk, res, log)
+		return res, nil
 	}
-	if err != nil {
-		if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil && !errors.Is(cause, context.Canceled) {
-			err = fmt.Errorf("%w (%v)", err, cause)
+	head := st.Head
+	var slowest time.Duration
+	for {
+		res, err = d.run(ctx, req, lg, head, cp, sk, res, &slowest, log)
+		if err != nil {
+			if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil && !errors.Is(cause, context.Canceled) {
+				err = fmt.Errorf("%w (%v)", err, cause)
+			}
+			return d.fail(ctx, req, cp, res, err)
 		}
-		return d.fail(ctx, req, cp, res, err)
+		if res.Outcome != OutcomeDrained {
+			return res, nil
+		}
+		// Wake-ups answered busy while this drain held the lease were told
+		// it would see their head: look again before letting go, and go on
+		// while the budget allows (Write 3).
+		st, err := lg.LoadState(ctx)
+		if err != nil || st.Head.Seq <= res.To {
+			return res, nil // a failed look is repeated after the release
+		}
+		head, res.Head = st.Head, st.Head.Seq
+		if d.budgetSpent(req, slowest) {
+			res.Outcome = OutcomeContinued
+			return res, nil
+		}
+		log.Debug("the head moved during the drain; draining on", "to", head.Seq)
 	}
-	if res.Outcome == OutcomeContinued || res.Outcome == OutcomeRewound {
-		// Write 3: release first, so the continuation finds the lease free.
-		stopKeep()
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		_ = lease.Release(rctx)
-		rcancel()
-		head := res.Head
-		if s2, err := lg.LoadState(ctx); err == nil {
-			head = s2.Head.Seq
-		}
-		if err := d.Store.Enqueue(ctx, d.Queue, WakeUp{Pipeline: p.Name, Destination: dst.Name, Head: head}); err != nil {
-			// A lost continuation would wait for the next tick; fail so the
-			// host retries now.
-			return res, fmt.Errorf("enqueue continuation for %s/%s: %w", p.Name, dst.Name, err)
-		}
-	}
-	return res, nil
+}
+
+// budgetSpent reports whether the invocation's deadline leaves too little
+// time for another batch and the hand-over (Write 3).
+func (d *Drainer) budgetSpent(req DrainRequest, slowest time.Duration) bool {
+	return !req.Deadline.IsZero() && d.Now().Add(2*slowest+15*time.Second).After(req.Deadline)
 }
 
 func (d *Drainer) bumpEpoch(ctx context.Context, pipeline, destination string) (*checkpoint.Checkpoint, error) {
@@ -270,7 +314,8 @@ func (d *Drainer) raiseEpoch(ctx context.Context, pipeline, destination string, 
 }
 
 // run streams (checkpoint, head] in batches into the sink.
-func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, head changelog.Head, cp *checkpoint.Checkpoint, sk sink.Sink, res DrainResult, log *slog.Logger) (DrainResult, error) {
+// slowest is the longest a batch took so far in this drain.
+func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, head changelog.Head, cp *checkpoint.Checkpoint, sk sink.Sink, res DrainResult, slowest *time.Duration, log *slog.Logger) (DrainResult, error) {
 	p, dst := req.Pipeline, req.Destination
 	batchSize := dst.BatchSize
 	if batchSize <= 0 {
@@ -278,8 +323,7 @@ func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, 
 	}
 	batches, stop := prefetch(ctx, lg, cp.Seq+1, head.Seq, batchSize)
 	defer stop()
-	var slowest time.Duration
-	total := head.Seq - cp.Seq
+	total := head.Seq - res.From
 
 	// The checkpoint of a batch is written while the next batch is applied:
 	// the destination and the storage account work at the same time. The
@@ -412,9 +456,8 @@ func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, 
 		}
 		// Write 3: stop starting batches while there is still time to
 		// finish one more and hand over.
-		took := d.Now().Sub(started)
-		slowest = max(slowest, took)
-		if !req.Deadline.IsZero() && d.Now().Add(2*slowest+15*time.Second).After(req.Deadline) {
+		*slowest = max(*slowest, d.Now().Sub(started))
+		if d.budgetSpent(req, *slowest) {
 			if rewound, err := settle(); rewound || err != nil {
 				res.Outcome = OutcomeRewound
 				return res, err

@@ -544,3 +544,100 @@ func TestDrainRaisesItsEpochPastTheDestinations(t *testing.T) {
 	}
 	f.checkConverged(t)
 }
+
+// A wake-up that finds the lease held is answered busy: "the holder will see
+// the new head". The holder loaded the head when it started, so it must look
+// again before it lets go, or records committed meanwhile wait for the next
+// timer tick.
+func TestWakeUpAnsweredBusyIsDrainedByTheHolder(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 300)
+	f.sink.mu.Lock()
+	f.sink.pause, f.sink.entered = make(chan struct{}), make(chan struct{})
+	pause, entered := f.sink.pause, f.sink.entered
+	f.sink.mu.Unlock()
+	done := make(chan engine.DrainResult, 1)
+	go func() {
+		res, err := f.d.Drain(ctx, f.req(300))
+		if err != nil {
+			res.Error = err.Error()
+		}
+		done <- res
+	}()
+	<-entered // the holder is slow inside its first batch
+
+	f.appendRecords(t, ctx, 200)
+	if res, err := f.d.Drain(ctx, f.req(500)); err != nil || res.Outcome != engine.OutcomeBusy {
+		t.Fatalf("wake-up during the drain = %+v, %v; want busy", res, err)
+	}
+	f.sink.mu.Lock()
+	f.sink.pause, f.sink.entered = nil, nil
+	f.sink.mu.Unlock()
+	close(pause)
+
+	res := <-done
+	if res.Outcome != engine.OutcomeDrained || res.To != 500 || res.Head != 500 {
+		t.Fatalf("holder = %+v; want drained to the new head 500", res)
+	}
+	if cp := f.checkpoint(t); cp.Seq != 500 {
+		t.Fatalf("checkpoint %d, want 500 without any further wake-up", cp.Seq)
+	}
+	f.checkConverged(t)
+	// It got there by itself: nothing is left for a wake-up to do.
+	msgs, err := f.st.Dequeue(ctx, f.d.Queue, 32, time.Minute)
+	if err != nil && !errors.Is(err, azstore.ErrNotFound) || len(msgs) != 0 {
+		t.Fatalf("queue = %v, %v; want no wake-up", msgs, err)
+	}
+}
+
+// closingSink runs onClose once when the drain closes it: after the drain's
+// last look at the head and before it releases the lease.
+type closingSink struct {
+	*memSink
+	once    sync.Once
+	onClose func()
+}
+
+func (s *closingSink) Close() error {
+	s.once.Do(s.onClose)
+	return s.memSink.Close()
+}
+
+// The narrowest window: records are committed and their wake-up is answered
+// busy after the holder's last look at the head but before it releases the
+// lease. The holder looks again after releasing and wakes the destination.
+func TestWakeUpAnsweredBusyAfterTheHoldersLastLook(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 300)
+	var busy engine.DrainResult
+	cs := &closingSink{memSink: f.sink}
+	cs.onClose = func() {
+		f.appendRecords(t, ctx, 200)
+		var err error
+		if busy, err = f.d.Drain(ctx, f.req(500)); err != nil {
+			t.Error(err)
+		}
+	}
+	f.d.Open = func(context.Context, *config.Pipeline, *config.Destination) (sink.Sink, error) { return cs, nil }
+	res, err := f.d.Drain(ctx, f.req(300))
+	if err != nil || res.Outcome != engine.OutcomeDrained || res.To != 300 {
+		t.Fatalf("holder = %+v, %v; want drained to 300", res, err)
+	}
+	if busy.Outcome != engine.OutcomeBusy {
+		t.Fatalf("wake-up while the holder closed its sink = %+v; want busy (else this test proves nothing)", busy)
+	}
+	msgs, err := f.st.Dequeue(ctx, f.d.Queue, 32, time.Minute)
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("queue = %v, %v; want one wake-up from the holder", msgs, err)
+	}
+	var w engine.WakeUp
+	if err := azstore.DecodeMessage(msgs[0].Text, &w); err != nil || w != (engine.WakeUp{Pipeline: "orders", Destination: "warehouse", Head: 500}) {
+		t.Fatalf("wake-up = %+v, %v", w, err)
+	}
+	if res, err := f.d.Drain(ctx, f.req(w.Head)); err != nil || res.Outcome != engine.OutcomeDrained || res.To != 500 {
+		t.Fatalf("drain of the wake-up = %+v, %v", res, err)
+	}
+	f.checkConverged(t)
+}
