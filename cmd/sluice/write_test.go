@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	_ "modernc.org/sqlite"
 
@@ -163,5 +164,72 @@ func TestPipelinesSharingADestinationNameInOneDatabase(t *testing.T) {
 				t.Fatalf("round %d: write --pipeline %s: %+v; want %q", round, p, r, want)
 			}
 		}
+	}
+}
+
+// A destination whose drains keep ending without progress (here: another
+// drain holds its lease and never moves the checkpoint) must not show as
+// ok in status, whose lag would just sit there.
+func TestStatusShowsAStuckDestination(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	container := testenv.UniqueName("cli")
+	settings := testenv.StorageSettings(t)
+	st, err := azstore.Open(ctx, settings, container, azstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, st, "orders", 30)
+	env := map[string]string{"AzureWebJobsStorage": settings.ConnectionString}
+	cfg := writeConfig(t, container)
+
+	lease, err := st.AcquireLease(ctx, "orders/lock/warehouse", 60*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 4 {
+		if r := runCLI(t, env, "--config", cfg, "write"); r.code != 0 || !strings.Contains(r.stdout, "orders/warehouse: busy") {
+			t.Fatalf("write while the lease is held: %+v", r)
+		}
+	}
+	r := runCLI(t, env, "--config", cfg, "status")
+	t.Log("\n" + r.stdout)
+	var line string
+	for _, l := range strings.Split(r.stdout, "\n") {
+		if strings.Contains(l, "warehouse") {
+			line = l
+		}
+	}
+	if r.code != 0 || strings.Contains(line, " ok") || !strings.Contains(line, "stuck") || !strings.Contains(line, "busy") {
+		t.Fatalf("status line of the stuck destination = %q; want it stuck and why\n%s", line, r.stdout)
+	}
+	r = runCLI(t, env, "--config", cfg, "status", "--json")
+	var status struct {
+		Pipelines []struct {
+			Destinations []map[string]any
+		}
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &status); err != nil || r.code != 0 {
+		t.Fatalf("status --json: %v, %+v", err, r)
+	}
+	d := status.Pipelines[0].Destinations[0]
+	if d["state"] != "stuck" || d["stalled"] == nil {
+		t.Fatalf("status --json destination = %v; want state stuck with the stall", d)
+	}
+
+	// The lease goes; the next drain moves the checkpoint: ok again.
+	if err := lease.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := runCLI(t, env, "--config", cfg, "write"); r.code != 0 || !strings.Contains(r.stdout, "orders/warehouse: drained, checkpoint 30") {
+		t.Fatalf("write after the lease was released: %+v", r)
+	}
+	r = runCLI(t, env, "--config", cfg, "status", "--json")
+	status.Pipelines = nil
+	if err := json.Unmarshal([]byte(r.stdout), &status); err != nil || r.code != 0 {
+		t.Fatalf("status --json: %v, %+v", err, r)
+	}
+	if d := status.Pipelines[0].Destinations[0]; d["state"] != "ok" || d["stalled"] != nil {
+		t.Fatalf("status --json destination after progress = %v; want ok", d)
 	}
 }

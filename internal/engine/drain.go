@@ -99,7 +99,17 @@ type DrainResult struct {
 	Applied      int64   `json:"applied"`
 	DeadLettered int64   `json:"deadLettered"`
 	Error        string  `json:"error,omitempty"`
+
+	// stallNoted: the outcome was already counted on the checkpoint.
+	stallNoted bool
 }
+
+// Why a drain ended without progress, as status shows it.
+const (
+	stallBusy    = "busy: another drain holds the destination lease and the checkpoint does not move"
+	stallRefused = "refused by the destination (stale epoch: it holds a newer epoch than the drain's)"
+	stallRewound = "rewound: the checkpoint changed under the drain (a replay, or another drain took over)"
+)
 
 func (d *Drainer) defaults() {
 	if d.Queue == "" {
@@ -145,7 +155,9 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 	lease, err := d.Store.AcquireLease(ctx, lockName(p.Name, dst.Name), d.LeaseDuration)
 	if errors.Is(err, azstore.ErrLeaseHeld) {
 		// The holder will see the new head before it stops: it looks again
-		// before releasing the lease, and once more after (below).
+		// before releasing the lease, and once more after (below). A holder
+		// that never moves the checkpoint must still show in status.
+		d.noteStall(ctx, p.Name, dst.Name, cp.Seq, stallBusy, log)
 		return DrainResult{Outcome: OutcomeBusy, From: cp.Seq, To: cp.Seq}, nil
 	}
 	if err != nil {
@@ -155,6 +167,11 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 	res, err := d.drainLeased(ctx, req, lease, lg, log)
 	if err != nil {
 		return res, err
+	}
+	if res.Outcome == OutcomeRewound && !res.stallNoted {
+		if cur, err := checkpoint.Load(ctx, d.Store, p.Name, dst.Name); err == nil {
+			d.noteStall(ctx, p.Name, dst.Name, cur.Seq, stallRewound, log)
+		}
 	}
 
 	// The lease is released. Write 3: a continuation, or a wake-up after a
@@ -216,8 +233,8 @@ func (d *Drainer) drainLeased(ctx context.Context, req DrainRequest, lease *azst
 	res := DrainResult{From: cp.Seq, To: cp.Seq, Head: st.Head.Seq}
 	if st.Head.Seq <= cp.Seq {
 		res.Outcome = OutcomeIdle
-		if cp.Halted || cp.LastError != "" {
-			cp.Halted, cp.LastError = false, ""
+		if cp.Halted || cp.LastError != "" || cp.Stalled.Count > 0 {
+			cp.Halted, cp.LastError, cp.Stalled = false, "", checkpoint.Stall{}
 			_ = checkpoint.Save(ctx, d.Store, p.Name, dst.Name, cp)
 		}
 		return res, nil
@@ -260,6 +277,14 @@ func (d *Drainer) drainLeased(ctx context.Context, req DrainRequest, lease *azst
 			return res, nil
 		}
 		log.Debug("the head moved during the drain; draining on", "to", head.Seq)
+	}
+}
+
+// noteStall counts an outcome without progress of a wake-up that must not
+// write the checkpoint (it does not own it), for status.
+func (d *Drainer) noteStall(ctx context.Context, pipeline, destination string, seq int64, reason string, log *slog.Logger) {
+	if err := checkpoint.NoteStall(ctx, d.Store, pipeline, destination, seq, reason, d.Now().UTC()); err != nil {
+		log.Warn("could not note a drain without progress for status", "reason", reason, "err", err.Error())
 	}
 }
 
@@ -372,8 +397,8 @@ func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, 
 				return res, err
 			}
 			res.Outcome = OutcomeDrained
-			if cp.LastError != "" || cp.Halted {
-				cp.LastError, cp.Halted = "", false
+			if cp.LastError != "" || cp.Halted || cp.Stalled.Count > 0 {
+				cp.LastError, cp.Halted, cp.Stalled = "", false, checkpoint.Stall{}
 				if err := checkpoint.Save(ctx, d.Store, p.Name, dst.Name, cp); errors.Is(err, checkpoint.ErrConflict) {
 					res.Outcome = OutcomeRewound
 				}
@@ -391,6 +416,14 @@ func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, 
 		}
 		if errors.Is(err, sink.ErrStaleEpoch) {
 			res.Outcome = OutcomeRewound
+			// Usually a replay or a newer drain took over, and then the
+			// checkpoint changed too: this save fails and the rewind is
+			// counted by Drain. A checkpoint still this drain's means nobody
+			// moves it and the destination will refuse the next drain as
+			// well: count the refusal on it, for status.
+			cp.Stalled.Note(stallRefused, d.Now().UTC())
+			res.stallNoted = checkpoint.Save(ctx, d.Store, p.Name, dst.Name, cp) == nil
+			log.Warn("the destination refused the drain's epoch as stale", "epoch", cp.Epoch, "noted", res.stallNoted)
 			return res, nil
 		}
 		if err != nil {
@@ -435,6 +468,7 @@ func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, 
 			cp.DeadLetterRun = 0
 		}
 		cp.Seq, cp.TS, cp.UpdatedAt = last.Seq, last.TS, d.Now().UTC()
+		cp.Stalled = checkpoint.Stall{} // progress ends a stall
 		if cp.DeadLetterRun >= d.HaltAfter {
 			cp.Halted = true
 			cp.LastError = fmt.Sprintf("%d batches in a row had rejected records: the destination itself looks broken (last: %s)", cp.DeadLetterRun, failed[0].Reason)

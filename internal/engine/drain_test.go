@@ -535,6 +535,13 @@ func TestDrainRaisesItsEpochPastTheDestinations(t *testing.T) {
 	if err != nil || res.Outcome != engine.OutcomeRewound || f.sink.applied != 0 {
 		t.Fatalf("drain that lost the raise to a replay = %+v, %v (%d applied); want rewound before any batch", res, err, f.sink.applied)
 	}
+	// The rewind counts as one outcome without progress, noted beside the
+	// checkpoint (the drain no longer owns it); one is not stuck.
+	ds := f.destStatus(t)
+	stalled, _ := ds["stalled"].(map[string]any)
+	if ds["state"] != "ok" || stalled == nil || stalled["count"] != 1.0 || !strings.Contains(fmt.Sprint(stalled["reason"]), "rewound") {
+		t.Fatalf("status after the rewound drain = %v", ds)
+	}
 	res, err = f.d.Drain(ctx, f.req(400))
 	if err != nil || res.Outcome != engine.OutcomeDrained || res.From != 200 || res.To != 400 {
 		t.Fatalf("drain after the replay = %+v, %v; want drained from 200", res, err)
@@ -640,4 +647,90 @@ func TestWakeUpAnsweredBusyAfterTheHoldersLastLook(t *testing.T) {
 		t.Fatalf("drain of the wake-up = %+v, %v", res, err)
 	}
 	f.checkConverged(t)
+}
+
+// destStatus is the destination's entry of the status JSON (what `sluice
+// status --json` and the status function answer).
+func (f *fixture) destStatus(t *testing.T) map[string]any {
+	t.Helper()
+	ss, err := engine.Status(context.Background(), f.st, &config.Config{Pipelines: []config.Pipeline{*f.p}}, "", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(ss)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []struct{ Destinations []map[string]any }
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out[0].Destinations[0]
+}
+
+// A destination that refuses every drain as stale (it holds a newer epoch
+// and cannot say which) never moves; status says so, and why, instead of
+// ok with a lag that does not move.
+func TestStatusShowsADestinationThatRefusesEveryDrain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 300)
+	f.sink.epoch = 1000
+	for i := range 3 {
+		if res, err := f.d.Drain(ctx, f.req(300)); err != nil || res.Outcome != engine.OutcomeRewound || res.Applied != 0 {
+			t.Fatalf("drain %d = %+v, %v; want refused (rewound, nothing applied)", i, res, err)
+		}
+	}
+	ds := f.destStatus(t)
+	stalled, _ := ds["stalled"].(map[string]any)
+	if ds["state"] != "stuck" || stalled == nil || stalled["count"] != 3.0 || !strings.Contains(fmt.Sprint(stalled["reason"]), "stale epoch") {
+		t.Fatalf("status = %v; want stuck after 3 refusals, with the reason", ds)
+	}
+	// The destination accepts again: the next drain moves the checkpoint,
+	// which ends the stall.
+	f.sink.mu.Lock()
+	f.sink.epoch = 0
+	f.sink.mu.Unlock()
+	if res, err := f.d.Drain(ctx, f.req(300)); err != nil || res.Outcome != engine.OutcomeDrained {
+		t.Fatalf("drain = %+v, %v", res, err)
+	}
+	if ds := f.destStatus(t); ds["state"] != "ok" || ds["stalled"] != nil {
+		t.Fatalf("status after progress = %v; want ok", ds)
+	}
+}
+
+// Wake-ups answered busy while the holder never moves the checkpoint (a
+// hung drain renewing its lease) show too, without the busy wake-ups ever
+// writing the checkpoint (the holder would take that for a rewind).
+func TestStatusShowsADestinationAlwaysBusy(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 300)
+	lease, err := f.st.AcquireLease(ctx, "orders/lock/warehouse", 60*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := f.checkpoint(t)
+	for i := range 3 {
+		if res, err := f.d.Drain(ctx, f.req(300)); err != nil || res.Outcome != engine.OutcomeBusy {
+			t.Fatalf("drain %d = %+v, %v; want busy", i, res, err)
+		}
+	}
+	if after := f.checkpoint(t); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("busy wake-ups wrote the checkpoint: %+v, was %+v", after, before)
+	}
+	ds := f.destStatus(t)
+	stalled, _ := ds["stalled"].(map[string]any)
+	if ds["state"] != "stuck" || stalled == nil || stalled["count"] != 3.0 || !strings.Contains(fmt.Sprint(stalled["reason"]), "busy") {
+		t.Fatalf("status = %v; want stuck after 3 busy answers, with the reason", ds)
+	}
+	if err := lease.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := f.d.Drain(ctx, f.req(300)); err != nil || res.Outcome != engine.OutcomeDrained {
+		t.Fatalf("drain = %+v, %v", res, err)
+	}
+	if ds := f.destStatus(t); ds["state"] != "ok" || ds["stalled"] != nil {
+		t.Fatalf("status after progress = %v; want ok", ds)
+	}
 }
