@@ -222,7 +222,7 @@ func childDrain(ctx context.Context, st *azstore.Store, spec childSpec, stderr i
 	open := func(ctx context.Context, p *config.Pipeline, d *config.Destination) (sink.Sink, error) {
 		switch d.Type {
 		case config.DestSQL:
-			return sqlsink.Open(ctx, sqlsink.Config{Driver: d.Driver, DSN: d.DSN.Reveal(), Table: d.Table, Deletes: d.Deletes, Destination: d.Name})
+			return sqlsink.Open(ctx, sqlsink.Config{Driver: d.Driver, DSN: d.DSN.Reveal(), Table: d.Table, Deletes: d.Deletes, Pipeline: p.Name, Destination: d.Name})
 		case config.DestHTTP:
 			return httpsink.Open(httpsink.Config{URL: d.URL, BatchSize: d.BatchSize, Version: "bench"})
 		}

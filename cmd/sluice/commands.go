@@ -348,19 +348,29 @@ func statusCmd() command {
 					}
 					fmt.Fprintf(tw, "%s\t\t%d\t\t\t\t\t%s\n", p.Name, p.Head.Seq, read)
 					for _, d := range p.Destinations {
-						state := "ok"
-						if d.Halted {
-							state = "halted"
-						}
-						if d.LastError != "" {
-							state += ": " + d.LastError
-						}
+						state := destinationState(d)
 						fmt.Fprintf(tw, "\t%s\t\t%d\t%d\t%.0f\t%d\t%s\n", d.Name, d.Checkpoint, d.LagRecords, d.LagSeconds, d.DeadLetters.Count, state)
 					}
 				}
 				return tw.Flush()
 			}
 		}}
+}
+
+// destinationState is the STATE column: the state, why a stuck destination
+// does not move, and the last error.
+func destinationState(d engine.DestinationStatus) string {
+	var why []string
+	if d.State == engine.StateStuck && d.Stalled != nil {
+		why = append(why, fmt.Sprintf("%s; %d times in a row since %s", d.Stalled.Reason, d.Stalled.Count, d.Stalled.Since.UTC().Format(time.RFC3339)))
+	}
+	if d.LastError != "" {
+		why = append(why, d.LastError)
+	}
+	if len(why) == 0 {
+		return d.State
+	}
+	return d.State + ": " + strings.Join(why, "; last error: ")
 }
 
 func orDash(s string) string {

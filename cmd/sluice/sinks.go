@@ -20,7 +20,7 @@ func sinkOpener(log *slog.Logger) func(ctx context.Context, p *config.Pipeline, 
 		case config.DestSQL:
 			return sqlsink.Open(ctx, sqlsink.Config{
 				Driver: d.Driver, DSN: d.DSN.Reveal(), Table: d.Table, Deletes: d.Deletes,
-				Destination: d.Name, Logger: log.With("pipeline", p.Name),
+				Pipeline: p.Name, Destination: d.Name, Logger: log.With("pipeline", p.Name),
 			})
 		case config.DestServiceBus:
 			return servicebus.Open(ctx, servicebus.Config{

@@ -188,7 +188,7 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	openSink := func(ctx context.Context, p *config.Pipeline, d *config.Destination) (sink.Sink, error) {
-		return sqlsink.Open(ctx, sqlsink.Config{Driver: d.Driver, DSN: d.DSN.Reveal(), Table: d.Table, Destination: d.Name})
+		return sqlsink.Open(ctx, sqlsink.Config{Driver: d.Driver, DSN: d.DSN.Reveal(), Table: d.Table, Pipeline: p.Name, Destination: d.Name})
 	}
 	h := functions.NewHandler(functions.Deps{
 		Config: f.cfg,

@@ -51,10 +51,32 @@ type Checkpoint struct {
 	Halted      bool        `json:"halted,omitempty"`
 	DeadLetters DeadLetters `json:"deadLetters"`
 	// DeadLetterRun counts consecutive batches that dead-lettered records.
-	DeadLetterRun int      `json:"deadLetterRun,omitempty"`
-	Replays       []Replay `json:"replays,omitempty"`
+	DeadLetterRun int `json:"deadLetterRun,omitempty"`
+	// Stalled counts the drains in a row that took the destination and
+	// ended without moving Seq while records waited (the destination refused
+	// them as stale); whoever moves Seq clears it.
+	Stalled Stall    `json:"stalled,omitzero"`
+	Replays []Replay `json:"replays,omitempty"`
 
 	etag azstore.ETag
+}
+
+// Stall is a run of drain outcomes without progress: how many, since when,
+// and the last one's reason.
+type Stall struct {
+	Count  int       `json:"count"`
+	Reason string    `json:"reason,omitempty"`
+	Since  time.Time `json:"since,omitzero"`
+	Last   time.Time `json:"last,omitzero"`
+}
+
+// Note adds one outcome without progress to the run.
+func (s *Stall) Note(reason string, now time.Time) {
+	if s.Count == 0 {
+		s.Since = now
+	}
+	s.Count++
+	s.Reason, s.Last = reason, now
 }
 
 // MaxReplays bounds the audit trail kept in the document.
@@ -96,5 +118,63 @@ func Save(ctx context.Context, st *azstore.Store, pipeline, destination string, 
 		return fmt.Errorf("save checkpoint of %s/%s: %w", pipeline, destination, err)
 	}
 	cp.etag = etag
+	return nil
+}
+
+// Stalls is the run of outcomes without progress of the wake-ups that could
+// not write the checkpoint: those answered busy (another drain holds the
+// lease) and drains that lost their checkpoint to someone else (rewound).
+// They must not touch the checkpoint — its owner takes any change for an
+// operator's rewind and stops (Invariant 5) — so they keep this document
+// next to it, <pipeline>/dest/<destination>.stalls.json. It counts only
+// while the checkpoint stays at Seq: a checkpoint that moved ends the run.
+type Stalls struct {
+	Seq int64 `json:"seq"`
+	Stall
+
+	etag azstore.ETag
+}
+
+// StallsName is the blob name of a destination's stalls document.
+func StallsName(pipeline, destination string) string {
+	return pipeline + "/dest/" + destination + ".stalls.json"
+}
+
+// LoadStalls reads a destination's stalls; one never written is zero.
+func LoadStalls(ctx context.Context, st *azstore.Store, pipeline, destination string) (*Stalls, error) {
+	var s Stalls
+	etag, err := st.ReadDoc(ctx, StallsName(pipeline, destination), &s)
+	if errors.Is(err, azstore.ErrNotFound) {
+		return &Stalls{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load stalls of %s/%s: %w", pipeline, destination, err)
+	}
+	s.etag = etag
+	return &s, nil
+}
+
+// NoteStall adds one outcome without progress, seen with the checkpoint at
+// seq, to a destination's stalls; a run kept for another seq starts over.
+// Writers race by compare-and-swap and retry a few times; the document is a
+// diagnosis, so a write that keeps losing is given up.
+func NoteStall(ctx context.Context, st *azstore.Store, pipeline, destination string, seq int64, reason string, now time.Time) error {
+	var err error
+	for range 4 {
+		var s *Stalls
+		if s, err = LoadStalls(ctx, st, pipeline, destination); err != nil {
+			return err
+		}
+		if s.Seq != seq {
+			s.Seq, s.Stall = seq, Stall{}
+		}
+		s.Note(reason, now)
+		if _, err = st.WriteDoc(ctx, StallsName(pipeline, destination), s, s.etag); !errors.Is(err, azstore.ErrConflict) {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("note a stall of %s/%s: %w", pipeline, destination, err)
+	}
 	return nil
 }

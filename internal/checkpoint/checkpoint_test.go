@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/sluicehq/sluice/internal/checkpoint"
 	"github.com/sluicehq/sluice/internal/testenv"
@@ -45,5 +46,31 @@ func TestCheckpointCompareAndSwap(t *testing.T) {
 	}
 	if err := checkpoint.Save(ctx, st, "orders", "hook", b); !errors.Is(err, checkpoint.ErrConflict) {
 		t.Fatalf("second first save: %v, want ErrConflict", err)
+	}
+}
+
+func TestStallsCountWhileTheCheckpointStays(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := testenv.Store(t)
+	if s, err := checkpoint.LoadStalls(ctx, st, "orders", "warehouse"); err != nil || s.Count != 0 {
+		t.Fatalf("fresh stalls = %+v, %v", s, err)
+	}
+	t0 := time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)
+	for i := range 3 {
+		if err := checkpoint.NoteStall(ctx, st, "orders", "warehouse", 5, "busy", t0.Add(time.Duration(i)*time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := checkpoint.LoadStalls(ctx, st, "orders", "warehouse")
+	if err != nil || s.Seq != 5 || s.Count != 3 || s.Reason != "busy" || !s.Since.Equal(t0) || !s.Last.Equal(t0.Add(2*time.Minute)) {
+		t.Fatalf("stalls = %+v, %v; want 3 at seq 5", s, err)
+	}
+	// The checkpoint moved: the run starts over.
+	if err := checkpoint.NoteStall(ctx, st, "orders", "warehouse", 9, "rewound", t0.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := checkpoint.LoadStalls(ctx, st, "orders", "warehouse"); err != nil || s.Seq != 9 || s.Count != 1 || s.Reason != "rewound" || !s.Since.Equal(t0.Add(time.Hour)) {
+		t.Fatalf("stalls = %+v, %v; want a new run at seq 9", s, err)
 	}
 }

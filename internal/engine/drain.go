@@ -29,6 +29,14 @@ type WakeUp struct {
 // ones; the engine never imports a driver or SDK.
 type SinkOpener func(ctx context.Context, p *config.Pipeline, d *config.Destination) (sink.Sink, error)
 
+// EpochFloorer is what a sink that stores epochs itself (SQL, Invariant 5)
+// may also do: report the highest epoch it holds for a destination of a
+// pipeline. A drain whose epoch is not above it would be refused by every
+// batch, so the drain raises its epoch past it before the first one.
+type EpochFloorer interface {
+	EpochFloor(ctx context.Context, pipeline, destination string) (int64, error)
+}
+
 // Drainer runs the Write protocol of DESIGN §4 for one destination at a time.
 type Drainer struct {
 	Store *azstore.Store
@@ -91,7 +99,17 @@ type DrainResult struct {
 	Applied      int64   `json:"applied"`
 	DeadLettered int64   `json:"deadLettered"`
 	Error        string  `json:"error,omitempty"`
+
+	// stallNoted: the outcome was already counted on the checkpoint.
+	stallNoted bool
 }
+
+// Why a drain ended without progress, as status shows it.
+const (
+	stallBusy    = "busy: another drain holds the destination lease and the checkpoint does not move"
+	stallRefused = "refused by the destination (stale epoch: it holds a newer epoch than the drain's)"
+	stallRewound = "rewound: the checkpoint changed under the drain (a replay, or another drain took over)"
+)
 
 func (d *Drainer) defaults() {
 	if d.Queue == "" {
@@ -136,12 +154,55 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 	}
 	lease, err := d.Store.AcquireLease(ctx, lockName(p.Name, dst.Name), d.LeaseDuration)
 	if errors.Is(err, azstore.ErrLeaseHeld) {
-		// The holder will see the new head before it stops.
+		// The holder will see the new head before it stops: it looks again
+		// before releasing the lease, and once more after (below). A holder
+		// that never moves the checkpoint must still show in status.
+		d.noteStall(ctx, p.Name, dst.Name, cp.Seq, stallBusy, log)
 		return DrainResult{Outcome: OutcomeBusy, From: cp.Seq, To: cp.Seq}, nil
 	}
 	if err != nil {
 		return DrainResult{}, err
 	}
+	lg := changelog.New(d.Store, p.Name, changelog.Options{Logger: d.Log})
+	res, err := d.drainLeased(ctx, req, lease, lg, log)
+	if err != nil {
+		return res, err
+	}
+	if res.Outcome == OutcomeRewound && !res.stallNoted {
+		if cur, err := checkpoint.Load(ctx, d.Store, p.Name, dst.Name); err == nil {
+			d.noteStall(ctx, p.Name, dst.Name, cur.Seq, stallRewound, log)
+		}
+	}
+
+	// The lease is released. Write 3: a continuation, or a wake-up after a
+	// rewind. And a wake-up answered busy between this drain's last look at
+	// the head and the release was promised that the holder would see its
+	// head: look once more, now that a new wake-up would find the lease
+	// free, and wake the destination if the head moved past what was done.
+	switch res.Outcome {
+	case OutcomeContinued, OutcomeRewound, OutcomeDrained, OutcomeIdle:
+	default:
+		return res, nil
+	}
+	head, known := res.Head, false
+	if st, err := lg.LoadState(ctx); err == nil {
+		head, known = st.Head.Seq, true
+	}
+	if (res.Outcome == OutcomeDrained || res.Outcome == OutcomeIdle) && known && head <= res.To {
+		return res, nil
+	}
+	if err := d.Store.Enqueue(ctx, d.Queue, WakeUp{Pipeline: p.Name, Destination: dst.Name, Head: head}); err != nil {
+		// A lost wake-up would wait for the next tick; fail so the host
+		// retries now.
+		return res, fmt.Errorf("enqueue a wake-up of %s/%s after its drain (%s at %d, head %d): %w", p.Name, dst.Name, res.Outcome, res.To, head, err)
+	}
+	return res, nil
+}
+
+// drainLeased is the part of a drain that holds the destination lease; the
+// lease is released when it returns, after the sink was closed.
+func (d *Drainer) drainLeased(ctx context.Context, req DrainRequest, lease *azstore.Lease, lg *changelog.Log, log *slog.Logger) (DrainResult, error) {
+	p, dst := req.Pipeline, req.Destination
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	stopKeep := lease.Keep(ctx, func(err error) { cancel(fmt.Errorf("destination lease lost: %w", err)) })
@@ -154,7 +215,7 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 
 	// Invariant 5: taking the destination bumps its epoch by
 	// compare-and-swap, so a paused older drain is refused from here on.
-	cp, err = d.bumpEpoch(ctx, p.Name, dst.Name)
+	cp, err := d.bumpEpoch(ctx, p.Name, dst.Name)
 	if err != nil {
 		return DrainResult{}, err
 	}
@@ -165,7 +226,6 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 		// An operator asked: give the destination a fresh start.
 		cp.DeadLetterRun, cp.Halted = 0, false
 	}
-	lg := changelog.New(d.Store, p.Name, changelog.Options{Logger: d.Log})
 	st, err := lg.LoadState(ctx)
 	if err != nil {
 		return DrainResult{}, err
@@ -173,42 +233,65 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 	res := DrainResult{From: cp.Seq, To: cp.Seq, Head: st.Head.Seq}
 	if st.Head.Seq <= cp.Seq {
 		res.Outcome = OutcomeIdle
-		if cp.Halted || cp.LastError != "" {
-			cp.Halted, cp.LastError = false, ""
+		if cp.Halted || cp.LastError != "" || cp.Stalled.Count > 0 {
+			cp.Halted, cp.LastError, cp.Stalled = false, "", checkpoint.Stall{}
 			_ = checkpoint.Save(ctx, d.Store, p.Name, dst.Name, cp)
 		}
 		return res, nil
 	}
-	sk, err := d.open(ctx, req)
+	sk, floor, err := d.open(ctx, req)
 	if err != nil {
 		return d.fail(ctx, req, cp, res, err)
 	}
 	defer sk.Close()
 
-	res, err = d.run(ctx, req, lg, st.Head, cp, sk, res, log)
-	if err != nil {
-		if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil && !errors.Is(cause, context.Canceled) {
-			err = fmt.Errorf("%w (%v)", err, cause)
-		}
+	if rewound, err := d.raiseEpoch(ctx, p.Name, dst.Name, cp, floor, log); err != nil {
 		return d.fail(ctx, req, cp, res, err)
+	} else if rewound {
+		res.Outcome = OutcomeRewound
+		return res, nil
 	}
-	if res.Outcome == OutcomeContinued || res.Outcome == OutcomeRewound {
-		// Write 3: release first, so the continuation finds the lease free.
-		stopKeep()
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		_ = lease.Release(rctx)
-		rcancel()
-		head := res.Head
-		if s2, err := lg.LoadState(ctx); err == nil {
-			head = s2.Head.Seq
+	head := st.Head
+	var slowest time.Duration
+	for {
+		res, err = d.run(ctx, req, lg, head, cp, sk, res, &slowest, log)
+		if err != nil {
+			if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil && !errors.Is(cause, context.Canceled) {
+				err = fmt.Errorf("%w (%v)", err, cause)
+			}
+			return d.fail(ctx, req, cp, res, err)
 		}
-		if err := d.Store.Enqueue(ctx, d.Queue, WakeUp{Pipeline: p.Name, Destination: dst.Name, Head: head}); err != nil {
-			// A lost continuation would wait for the next tick; fail so the
-			// host retries now.
-			return res, fmt.Errorf("enqueue continuation for %s/%s: %w", p.Name, dst.Name, err)
+		if res.Outcome != OutcomeDrained {
+			return res, nil
 		}
+		// Wake-ups answered busy while this drain held the lease were told
+		// it would see their head: look again before letting go, and go on
+		// while the budget allows (Write 3).
+		st, err := lg.LoadState(ctx)
+		if err != nil || st.Head.Seq <= res.To {
+			return res, nil // a failed look is repeated after the release
+		}
+		head, res.Head = st.Head, st.Head.Seq
+		if d.budgetSpent(req, slowest) {
+			res.Outcome = OutcomeContinued
+			return res, nil
+		}
+		log.Debug("the head moved during the drain; draining on", "to", head.Seq)
 	}
-	return res, nil
+}
+
+// noteStall counts an outcome without progress of a wake-up that must not
+// write the checkpoint (it does not own it), for status.
+func (d *Drainer) noteStall(ctx context.Context, pipeline, destination string, seq int64, reason string, log *slog.Logger) {
+	if err := checkpoint.NoteStall(ctx, d.Store, pipeline, destination, seq, reason, d.Now().UTC()); err != nil {
+		log.Warn("could not note a drain without progress for status", "reason", reason, "err", err.Error())
+	}
+}
+
+// budgetSpent reports whether the invocation's deadline leaves too little
+// time for another batch and the hand-over (Write 3).
+func (d *Drainer) budgetSpent(req DrainRequest, slowest time.Duration) bool {
+	return !req.Deadline.IsZero() && d.Now().Add(2*slowest+15*time.Second).After(req.Deadline)
 }
 
 func (d *Drainer) bumpEpoch(ctx context.Context, pipeline, destination string) (*checkpoint.Checkpoint, error) {
@@ -228,8 +311,36 @@ func (d *Drainer) bumpEpoch(ctx context.Context, pipeline, destination string) (
 	}
 }
 
+// raiseEpoch lifts cp's epoch past floor, the highest epoch the destination
+// itself holds for it, by compare-and-swap. A lower epoch would be refused
+// by every batch: a legacy _sluice_checkpoints row shared by two pipelines
+// holds the higher of their epochs, and a recreated checkpoint blob starts
+// again at 1 while the table keeps its row. It reports true when the swap
+// lost: someone (a replay) changed the checkpoint, and the drain must stop.
+//
+// Invariant 5 still holds: the epoch only grows, so every drain that was
+// older than this one stays older (and refused); nothing that was refused
+// becomes accepted, and a rewind that happened meanwhile wins the swap.
+func (d *Drainer) raiseEpoch(ctx context.Context, pipeline, destination string, cp *checkpoint.Checkpoint, floor int64, log *slog.Logger) (rewound bool, err error) {
+	if cp.Epoch > floor {
+		return false, nil
+	}
+	was := cp.Epoch
+	cp.Epoch = floor + 1
+	err = checkpoint.Save(ctx, d.Store, pipeline, destination, cp)
+	if errors.Is(err, checkpoint.ErrConflict) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("raise the epoch of %s/%s past the destination's %d: %w", pipeline, destination, floor, err)
+	}
+	log.Info("epoch raised past the one the destination holds", "was", was, "floor", floor, "epoch", cp.Epoch)
+	return false, nil
+}
+
 // run streams (checkpoint, head] in batches into the sink.
-func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, head changelog.Head, cp *checkpoint.Checkpoint, sk sink.Sink, res DrainResult, log *slog.Logger) (DrainResult, error) {
+// slowest is the longest a batch took so far in this drain.
+func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, head changelog.Head, cp *checkpoint.Checkpoint, sk sink.Sink, res DrainResult, slowest *time.Duration, log *slog.Logger) (DrainResult, error) {
 	p, dst := req.Pipeline, req.Destination
 	batchSize := dst.BatchSize
 	if batchSize <= 0 {
@@ -237,8 +348,7 @@ func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, 
 	}
 	batches, stop := prefetch(ctx, lg, cp.Seq+1, head.Seq, batchSize)
 	defer stop()
-	var slowest time.Duration
-	total := head.Seq - cp.Seq
+	total := head.Seq - res.From
 
 	// The checkpoint of a batch is written while the next batch is applied:
 	// the destination and the storage account work at the same time. The
@@ -287,8 +397,8 @@ func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, 
 				return res, err
 			}
 			res.Outcome = OutcomeDrained
-			if cp.LastError != "" || cp.Halted {
-				cp.LastError, cp.Halted = "", false
+			if cp.LastError != "" || cp.Halted || cp.Stalled.Count > 0 {
+				cp.LastError, cp.Halted, cp.Stalled = "", false, checkpoint.Stall{}
 				if err := checkpoint.Save(ctx, d.Store, p.Name, dst.Name, cp); errors.Is(err, checkpoint.ErrConflict) {
 					res.Outcome = OutcomeRewound
 				}
@@ -306,6 +416,14 @@ func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, 
 		}
 		if errors.Is(err, sink.ErrStaleEpoch) {
 			res.Outcome = OutcomeRewound
+			// Usually a replay or a newer drain took over, and then the
+			// checkpoint changed too: this save fails and the rewind is
+			// counted by Drain. A checkpoint still this drain's means nobody
+			// moves it and the destination will refuse the next drain as
+			// well: count the refusal on it, for status.
+			cp.Stalled.Note(stallRefused, d.Now().UTC())
+			res.stallNoted = checkpoint.Save(ctx, d.Store, p.Name, dst.Name, cp) == nil
+			log.Warn("the destination refused the drain's epoch as stale", "epoch", cp.Epoch, "noted", res.stallNoted)
 			return res, nil
 		}
 		if err != nil {
@@ -350,6 +468,7 @@ func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, 
 			cp.DeadLetterRun = 0
 		}
 		cp.Seq, cp.TS, cp.UpdatedAt = last.Seq, last.TS, d.Now().UTC()
+		cp.Stalled = checkpoint.Stall{} // progress ends a stall
 		if cp.DeadLetterRun >= d.HaltAfter {
 			cp.Halted = true
 			cp.LastError = fmt.Sprintf("%d batches in a row had rejected records: the destination itself looks broken (last: %s)", cp.DeadLetterRun, failed[0].Reason)
@@ -371,9 +490,8 @@ func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, 
 		}
 		// Write 3: stop starting batches while there is still time to
 		// finish one more and hand over.
-		took := d.Now().Sub(started)
-		slowest = max(slowest, took)
-		if !req.Deadline.IsZero() && d.Now().Add(2*slowest+15*time.Second).After(req.Deadline) {
+		*slowest = max(*slowest, d.Now().Sub(started))
+		if d.budgetSpent(req, *slowest) {
 			if rewound, err := settle(); rewound || err != nil {
 				res.Outcome = OutcomeRewound
 				return res, err
@@ -384,18 +502,27 @@ func (d *Drainer) run(ctx context.Context, req DrainRequest, lg *changelog.Log, 
 	}
 }
 
-// open opens the destination, retrying like apply does: a database that is
-// down when the drain starts is the same outage as one that fails mid-way.
-func (d *Drainer) open(ctx context.Context, req DrainRequest) (sink.Sink, error) {
+// open opens the destination and reads its epoch floor (0 for sinks that
+// keep no epochs), retrying like apply does: a database that is down when
+// the drain starts is the same outage as one that fails mid-way.
+func (d *Drainer) open(ctx context.Context, req DrainRequest) (sink.Sink, int64, error) {
 	wait := 500 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		sk, err := d.Open(ctx, req.Pipeline, req.Destination)
+		var floor int64
 		if err == nil {
-			return sk, nil
+			ef, ok := sk.(EpochFloorer)
+			if !ok {
+				return sk, 0, nil
+			}
+			if floor, err = ef.EpochFloor(ctx, req.Pipeline.Name, req.Destination.Name); err == nil {
+				return sk, floor, nil
+			}
+			sk.Close()
 		}
 		err = fmt.Errorf("open destination %s/%s: %w", req.Pipeline.Name, req.Destination.Name, err)
 		if !d.backoff(ctx, req, &wait, attempt, err) {
-			return nil, err
+			return nil, 0, err
 		}
 	}
 }

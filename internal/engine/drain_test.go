@@ -481,3 +481,256 @@ func TestReplayFromTime(t *testing.T) {
 		t.Fatalf("dry run from the future after a full rewind = %+v, %v", res, err)
 	}
 }
+
+// floorSink is a memSink that reports the epoch it holds, as SQL sinks do;
+// before, if set, runs when the drain asks.
+type floorSink struct {
+	*memSink
+	before func()
+}
+
+func (s *floorSink) EpochFloor(ctx context.Context, pipeline, destination string) (int64, error) {
+	if s.before != nil {
+		s.before()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.epoch, nil
+}
+
+// A destination holding a newer epoch than the checkpoint (a legacy row, a
+// recreated checkpoint blob) would refuse every batch: the drain raises its
+// epoch past it by compare-and-swap, and a replay that changed the
+// checkpoint meanwhile wins that swap.
+func TestDrainRaisesItsEpochPastTheDestinations(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 300)
+	f.sink.epoch = 30
+	fs := &floorSink{memSink: f.sink}
+	f.d.Open = func(context.Context, *config.Pipeline, *config.Destination) (sink.Sink, error) { return fs, nil }
+	res, err := f.d.Drain(ctx, f.req(300))
+	if err != nil || res.Outcome != engine.OutcomeDrained || res.To != 300 {
+		t.Fatalf("drain = %+v, %v; want drained", res, err)
+	}
+	if cp := f.checkpoint(t); cp.Epoch != 31 {
+		t.Fatalf("checkpoint = %+v; want epoch 31 (raised past the destination's 30)", cp)
+	}
+	f.checkConverged(t)
+
+	// The destination moves ahead again, and a replay lands between taking
+	// the destination and raising the epoch: the replay wins, nothing is
+	// applied under the old generation.
+	f.appendRecords(t, ctx, 100)
+	f.sink.mu.Lock()
+	f.sink.epoch, f.sink.applied = 50, 0
+	f.sink.mu.Unlock()
+	fs.before = func() {
+		fs.before = nil
+		if _, err := engine.Replay(ctx, f.st, engine.ReplayRequest{Pipeline: f.p, Destination: f.dst, FromSeq: 201, By: "test"}, time.Now()); err != nil {
+			t.Error(err)
+		}
+	}
+	res, err = f.d.Drain(ctx, f.req(400))
+	if err != nil || res.Outcome != engine.OutcomeRewound || f.sink.applied != 0 {
+		t.Fatalf("drain that lost the raise to a replay = %+v, %v (%d applied); want rewound before any batch", res, err, f.sink.applied)
+	}
+	// The rewind counts as one outcome without progress, noted beside the
+	// checkpoint (the drain no longer owns it); one is not stuck.
+	ds := f.destStatus(t)
+	stalled, _ := ds["stalled"].(map[string]any)
+	if ds["state"] != "ok" || stalled == nil || stalled["count"] != 1.0 || !strings.Contains(fmt.Sprint(stalled["reason"]), "rewound") {
+		t.Fatalf("status after the rewound drain = %v", ds)
+	}
+	res, err = f.d.Drain(ctx, f.req(400))
+	if err != nil || res.Outcome != engine.OutcomeDrained || res.From != 200 || res.To != 400 {
+		t.Fatalf("drain after the replay = %+v, %v; want drained from 200", res, err)
+	}
+	if cp := f.checkpoint(t); cp.Epoch != 51 || cp.Generation != 1 {
+		t.Fatalf("checkpoint = %+v; want epoch 51, generation 1", cp)
+	}
+	f.checkConverged(t)
+}
+
+// A wake-up that finds the lease held is answered busy: "the holder will see
+// the new head". The holder loaded the head when it started, so it must look
+// again before it lets go, or records committed meanwhile wait for the next
+// timer tick.
+func TestWakeUpAnsweredBusyIsDrainedByTheHolder(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 300)
+	f.sink.mu.Lock()
+	f.sink.pause, f.sink.entered = make(chan struct{}), make(chan struct{})
+	pause, entered := f.sink.pause, f.sink.entered
+	f.sink.mu.Unlock()
+	done := make(chan engine.DrainResult, 1)
+	go func() {
+		res, err := f.d.Drain(ctx, f.req(300))
+		if err != nil {
+			res.Error = err.Error()
+		}
+		done <- res
+	}()
+	<-entered // the holder is slow inside its first batch
+
+	f.appendRecords(t, ctx, 200)
+	if res, err := f.d.Drain(ctx, f.req(500)); err != nil || res.Outcome != engine.OutcomeBusy {
+		t.Fatalf("wake-up during the drain = %+v, %v; want busy", res, err)
+	}
+	f.sink.mu.Lock()
+	f.sink.pause, f.sink.entered = nil, nil
+	f.sink.mu.Unlock()
+	close(pause)
+
+	res := <-done
+	if res.Outcome != engine.OutcomeDrained || res.To != 500 || res.Head != 500 {
+		t.Fatalf("holder = %+v; want drained to the new head 500", res)
+	}
+	if cp := f.checkpoint(t); cp.Seq != 500 {
+		t.Fatalf("checkpoint %d, want 500 without any further wake-up", cp.Seq)
+	}
+	f.checkConverged(t)
+	// It got there by itself: nothing is left for a wake-up to do.
+	msgs, err := f.st.Dequeue(ctx, f.d.Queue, 32, time.Minute)
+	if err != nil && !errors.Is(err, azstore.ErrNotFound) || len(msgs) != 0 {
+		t.Fatalf("queue = %v, %v; want no wake-up", msgs, err)
+	}
+}
+
+// closingSink runs onClose once when the drain closes it: after the drain's
+// last look at the head and before it releases the lease.
+type closingSink struct {
+	*memSink
+	once    sync.Once
+	onClose func()
+}
+
+func (s *closingSink) Close() error {
+	s.once.Do(s.onClose)
+	return s.memSink.Close()
+}
+
+// The narrowest window: records are committed and their wake-up is answered
+// busy after the holder's last look at the head but before it releases the
+// lease. The holder looks again after releasing and wakes the destination.
+func TestWakeUpAnsweredBusyAfterTheHoldersLastLook(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 300)
+	var busy engine.DrainResult
+	cs := &closingSink{memSink: f.sink}
+	cs.onClose = func() {
+		f.appendRecords(t, ctx, 200)
+		var err error
+		if busy, err = f.d.Drain(ctx, f.req(500)); err != nil {
+			t.Error(err)
+		}
+	}
+	f.d.Open = func(context.Context, *config.Pipeline, *config.Destination) (sink.Sink, error) { return cs, nil }
+	res, err := f.d.Drain(ctx, f.req(300))
+	if err != nil || res.Outcome != engine.OutcomeDrained || res.To != 300 {
+		t.Fatalf("holder = %+v, %v; want drained to 300", res, err)
+	}
+	if busy.Outcome != engine.OutcomeBusy {
+		t.Fatalf("wake-up while the holder closed its sink = %+v; want busy (else this test proves nothing)", busy)
+	}
+	msgs, err := f.st.Dequeue(ctx, f.d.Queue, 32, time.Minute)
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("queue = %v, %v; want one wake-up from the holder", msgs, err)
+	}
+	var w engine.WakeUp
+	if err := azstore.DecodeMessage(msgs[0].Text, &w); err != nil || w != (engine.WakeUp{Pipeline: "orders", Destination: "warehouse", Head: 500}) {
+		t.Fatalf("wake-up = %+v, %v", w, err)
+	}
+	if res, err := f.d.Drain(ctx, f.req(w.Head)); err != nil || res.Outcome != engine.OutcomeDrained || res.To != 500 {
+		t.Fatalf("drain of the wake-up = %+v, %v", res, err)
+	}
+	f.checkConverged(t)
+}
+
+// destStatus is the destination's entry of the status JSON (what `sluice
+// status --json` and the status function answer).
+func (f *fixture) destStatus(t *testing.T) map[string]any {
+	t.Helper()
+	ss, err := engine.Status(context.Background(), f.st, &config.Config{Pipelines: []config.Pipeline{*f.p}}, "", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(ss)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []struct{ Destinations []map[string]any }
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out[0].Destinations[0]
+}
+
+// A destination that refuses every drain as stale (it holds a newer epoch
+// and cannot say which) never moves; status says so, and why, instead of
+// ok with a lag that does not move.
+func TestStatusShowsADestinationThatRefusesEveryDrain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 300)
+	f.sink.epoch = 1000
+	for i := range 3 {
+		if res, err := f.d.Drain(ctx, f.req(300)); err != nil || res.Outcome != engine.OutcomeRewound || res.Applied != 0 {
+			t.Fatalf("drain %d = %+v, %v; want refused (rewound, nothing applied)", i, res, err)
+		}
+	}
+	ds := f.destStatus(t)
+	stalled, _ := ds["stalled"].(map[string]any)
+	if ds["state"] != "stuck" || stalled == nil || stalled["count"] != 3.0 || !strings.Contains(fmt.Sprint(stalled["reason"]), "stale epoch") {
+		t.Fatalf("status = %v; want stuck after 3 refusals, with the reason", ds)
+	}
+	// The destination accepts again: the next drain moves the checkpoint,
+	// which ends the stall.
+	f.sink.mu.Lock()
+	f.sink.epoch = 0
+	f.sink.mu.Unlock()
+	if res, err := f.d.Drain(ctx, f.req(300)); err != nil || res.Outcome != engine.OutcomeDrained {
+		t.Fatalf("drain = %+v, %v", res, err)
+	}
+	if ds := f.destStatus(t); ds["state"] != "ok" || ds["stalled"] != nil {
+		t.Fatalf("status after progress = %v; want ok", ds)
+	}
+}
+
+// Wake-ups answered busy while the holder never moves the checkpoint (a
+// hung drain renewing its lease) show too, without the busy wake-ups ever
+// writing the checkpoint (the holder would take that for a rewind).
+func TestStatusShowsADestinationAlwaysBusy(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 300)
+	lease, err := f.st.AcquireLease(ctx, "orders/lock/warehouse", 60*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := f.checkpoint(t)
+	for i := range 3 {
+		if res, err := f.d.Drain(ctx, f.req(300)); err != nil || res.Outcome != engine.OutcomeBusy {
+			t.Fatalf("drain %d = %+v, %v; want busy", i, res, err)
+		}
+	}
+	if after := f.checkpoint(t); fmt.Sprint(after) != fmt.Sprint(before) {
+		t.Fatalf("busy wake-ups wrote the checkpoint: %+v, was %+v", after, before)
+	}
+	ds := f.destStatus(t)
+	stalled, _ := ds["stalled"].(map[string]any)
+	if ds["state"] != "stuck" || stalled == nil || stalled["count"] != 3.0 || !strings.Contains(fmt.Sprint(stalled["reason"]), "busy") {
+		t.Fatalf("status = %v; want stuck after 3 busy answers, with the reason", ds)
+	}
+	if err := lease.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := f.d.Drain(ctx, f.req(300)); err != nil || res.Outcome != engine.OutcomeDrained {
+		t.Fatalf("drain = %+v, %v", res, err)
+	}
+	if ds := f.destStatus(t); ds["state"] != "ok" || ds["stalled"] != nil {
+		t.Fatalf("status after progress = %v; want ok", ds)
+	}
+}

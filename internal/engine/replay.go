@@ -92,7 +92,7 @@ func Replay(ctx context.Context, st *azstore.Store, req ReplayRequest, now time.
 		cp.TS = time.Time{}
 		cp.Generation++
 		cp.Epoch++ // Invariant 5: a drain still running under the old epoch is refused by SQL sinks.
-		cp.Halted, cp.DeadLetterRun, cp.LastError = false, 0, ""
+		cp.Halted, cp.DeadLetterRun, cp.LastError, cp.Stalled = false, 0, "", checkpoint.Stall{}
 		cp.Replays = append(cp.Replays, audit)
 		err = checkpoint.Save(ctx, st, p, d, cp)
 		if errors.Is(err, checkpoint.ErrConflict) {

@@ -37,7 +37,7 @@ func sqlDest(name, driver, dsn string) config.Destination {
 }
 
 func openSQL(ctx context.Context, p *config.Pipeline, d *config.Destination) (sink.Sink, error) {
-	return sqlsink.Open(ctx, sqlsink.Config{Driver: d.Driver, DSN: d.DSN.Reveal(), Table: d.Table, Deletes: d.Deletes, Destination: d.Name})
+	return sqlsink.Open(ctx, sqlsink.Config{Driver: d.Driver, DSN: d.DSN.Reveal(), Table: d.Table, Deletes: d.Deletes, Pipeline: p.Name, Destination: d.Name})
 }
 
 // sqlFixture is a pipeline whose log holds n records over keys 0..keys-1.
@@ -45,6 +45,7 @@ type sqlFixture struct {
 	st        *azstore.Store
 	container string
 	p         *config.Pipeline
+	table     string           // the destination table checkTable reads
 	fold      map[string]int64 // live key -> seq of its last upsert
 }
 
@@ -53,14 +54,23 @@ func newSQLFixture(t *testing.T, n, keys int, dests ...config.Destination) *sqlF
 }
 
 func newSQLFixtureB(t testing.TB, n, keys int, dests ...config.Destination) *sqlFixture {
+	return newSQLFixtureNamed(t, "orders", n, keys, dests...)
+}
+
+// newSQLFixtureNamed is a fixture for pipeline name; its destinations write
+// the table of the first one.
+func newSQLFixtureNamed(t testing.TB, name string, n, keys int, dests ...config.Destination) *sqlFixture {
 	t.Helper()
 	ctx := context.Background()
-	f := &sqlFixture{container: testenv.UniqueName("e"), fold: map[string]int64{}}
+	f := &sqlFixture{container: testenv.UniqueName("e"), fold: map[string]int64{}, table: "orders"}
+	if len(dests) > 0 {
+		f.table = dests[0].Table
+	}
 	var err error
 	if f.st, err = azstore.Open(ctx, testenv.StorageSettings(t), f.container, azstore.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	f.p = &config.Pipeline{Name: "orders", Destinations: dests}
+	f.p = &config.Pipeline{Name: name, Destinations: dests}
 	f.append(t, n, keys)
 	return f
 }
@@ -122,7 +132,7 @@ func (f *sqlFixture) checkTableTB(t testing.TB, driver, dsn string) {
 			t.Fatal(err)
 		}
 		defer conn.Close(context.Background())
-		rows, err := conn.Query(context.Background(), `SELECT id, "N", _sluice_seq FROM orders`)
+		rows, err := conn.Query(context.Background(), `SELECT id, "N", _sluice_seq FROM `+pgx.Identifier{f.table}.Sanitize())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -145,7 +155,7 @@ func (f *sqlFixture) checkTableTB(t testing.TB, driver, dsn string) {
 			t.Fatal(err)
 		}
 		defer db.Close()
-		rows, err := db.Query(`SELECT id, "N", _sluice_seq FROM orders`)
+		rows, err := db.Query(`SELECT id, "N", _sluice_seq FROM "` + f.table + `"`)
 		if err != nil {
 			t.Fatal(err)
 		}

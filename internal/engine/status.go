@@ -27,17 +27,35 @@ type PipelineStatus struct {
 
 // DestinationStatus is one destination's progress and health.
 type DestinationStatus struct {
-	Name        string                 `json:"name"`
-	Type        string                 `json:"type"`
-	Checkpoint  int64                  `json:"checkpoint"`
-	Generation  int64                  `json:"generation"`
-	LagRecords  int64                  `json:"lagRecords"`
-	LagSeconds  float64                `json:"lagSeconds"`
-	Halted      bool                   `json:"halted,omitempty"`
-	LastError   string                 `json:"lastError,omitempty"`
-	LastErrorAt time.Time              `json:"lastErrorAt,omitzero"`
+	Name       string  `json:"name"`
+	Type       string  `json:"type"`
+	Checkpoint int64   `json:"checkpoint"`
+	Generation int64   `json:"generation"`
+	LagRecords int64   `json:"lagRecords"`
+	LagSeconds float64 `json:"lagSeconds"`
+	// State sums up the rest: StateOK, StateHalted, StateStuck or StateError.
+	State       string    `json:"state"`
+	Halted      bool      `json:"halted,omitempty"`
+	LastError   string    `json:"lastError,omitempty"`
+	LastErrorAt time.Time `json:"lastErrorAt,omitzero"`
+	// Stalled is the run of drains and wake-ups that ended without moving
+	// the checkpoint while records waited (refused, rewound, busy), if any.
+	Stalled     *checkpoint.Stall      `json:"stalled,omitempty"`
 	DeadLetters checkpoint.DeadLetters `json:"deadLetters"`
 }
+
+// Destination states in status.
+const (
+	StateOK     = "ok"
+	StateHalted = "halted" // stopped on rejected records until a replay or `sluice write`
+	StateStuck  = "stuck"  // StuckAfter or more outcomes in a row without progress
+	StateError  = "error"  // the last drain failed (LastError)
+)
+
+// StuckAfter is how many outcomes without progress in a row (a refused
+// epoch, a rewind, a wake-up answered busy) make a destination that is
+// behind its head stuck.
+const StuckAfter = 3
 
 // Status reports heads, checkpoints, lag and last errors of the pipelines
 // (all when only is empty).
@@ -64,6 +82,11 @@ func Status(ctx context.Context, st *azstore.Store, cfg *config.Config, only str
 			ds := DestinationStatus{Name: d.Name, Type: d.Type, Checkpoint: cp.Seq, Generation: cp.Generation,
 				LagRecords: max(0, ps.Head.Seq-cp.Seq), Halted: cp.Halted, LastError: cp.LastError,
 				LastErrorAt: cp.LastErrorAt, DeadLetters: cp.DeadLetters}
+			stalls, err := checkpoint.LoadStalls(ctx, st, p.Name, d.Name)
+			if err != nil {
+				return nil, err
+			}
+			ds.Stalled, ds.State = health(cp, stalls, ds.LagRecords)
 			// Lag by event time: how far behind the head's capture time the
 			// destination's last applied record is. An idle pipeline whose
 			// destinations are caught up is not behind, however old its head.
@@ -83,4 +106,36 @@ func Status(ctx context.Context, st *azstore.Store, cfg *config.Config, only str
 		out = append(out, s)
 	}
 	return out, nil
+}
+
+// health joins the stall counted on the checkpoint (drains it refused) with
+// the one kept beside it (wake-ups answered busy, rewound drains), which
+// counts only while the checkpoint has not moved since, and says what state
+// the destination is in.
+func health(cp *checkpoint.Checkpoint, side *checkpoint.Stalls, lag int64) (*checkpoint.Stall, string) {
+	var stall *checkpoint.Stall
+	if lag > 0 {
+		s := cp.Stalled
+		if side.Seq == cp.Seq && side.Count > 0 {
+			if s.Count == 0 || side.Since.Before(s.Since) {
+				s.Since = side.Since
+			}
+			if side.Last.After(s.Last) {
+				s.Reason, s.Last = side.Reason, side.Last
+			}
+			s.Count += side.Count
+		}
+		if s.Count > 0 {
+			stall = &s
+		}
+	}
+	switch {
+	case cp.Halted:
+		return stall, StateHalted
+	case stall != nil && stall.Count >= StuckAfter:
+		return stall, StateStuck
+	case cp.LastError != "":
+		return stall, StateError
+	}
+	return stall, StateOK
 }

@@ -62,7 +62,7 @@ func TestThroughTheHandlerOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	openSink := func(ctx context.Context, p *config.Pipeline, d *config.Destination) (sink.Sink, error) {
-		return sqlsink.Open(ctx, sqlsink.Config{Driver: d.Driver, DSN: d.DSN.Reveal(), Table: d.Table, Destination: d.Name})
+		return sqlsink.Open(ctx, sqlsink.Config{Driver: d.Driver, DSN: d.DSN.Reveal(), Table: d.Table, Pipeline: p.Name, Destination: d.Name})
 	}
 	h := functions.NewHandler(functions.Deps{
 		Config: cfg,

@@ -32,7 +32,7 @@ func benchApply(b *testing.B, driver, dsn string) {
 		pool      = 40 // distinct batches, cycled with fresh seqs
 	)
 	ctx := context.Background()
-	s, err := sqlsink.Open(ctx, sqlsink.Config{Driver: driver, DSN: dsn, Table: "contracts", Destination: "bench"})
+	s, err := sqlsink.Open(ctx, sqlsink.Config{Driver: driver, DSN: dsn, Table: "contracts", Pipeline: "bench", Destination: "bench"})
 	if err != nil {
 		b.Fatal(err)
 	}

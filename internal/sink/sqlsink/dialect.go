@@ -40,9 +40,26 @@ type dialect interface {
 	listColumns() string
 	// probe is a cheap statement that fails when the table is missing.
 	probe(table string) string
-	// checkpoint takes (destination, epoch, seq) and yields a row only when
-	// the epoch is not older than the stored one.
+	// checkpoint takes (pipeline, destination, epoch, seq) and yields a row
+	// only when the epoch is not older than the stored one.
 	checkpoint() string
+	// checkpointsKeyed yields a row when _sluice_checkpoints has the shape
+	// of createCheckpoints (keyed by pipeline and destination), none when it
+	// is keyed by destination alone (sluice before that) or missing.
+	checkpointsKeyed() string
+	// lockCheckpoints takes a write lock on _sluice_checkpoints until the
+	// end of the transaction.
+	lockCheckpoints() string
+	// migrateCheckpoints turns a table keyed by destination alone into the
+	// shape of createCheckpoints; its rows become pipeline "" rows.
+	migrateCheckpoints() []string
+	// seedCheckpoint takes (pipeline, destination) and, unless that row
+	// exists, inserts it with the epoch and seq of the legacy row
+	// ("", destination), if there is one.
+	seedCheckpoint() string
+	// epochFloor takes (pipeline, destination) and yields the highest epoch
+	// of that row and of the destination's legacy row, or 0.
+	epochFloor() string
 	createStage(p *plan) []string
 	merge(p *plan) []string
 	// isDataError reports whether err is the data's fault (a value or key the
@@ -71,6 +88,8 @@ type txn interface {
 	exec(ctx context.Context, q string, args ...any) error
 	// queryRow reports whether q returned at least one row.
 	queryRow(ctx context.Context, q string, args ...any) (bool, error)
+	// queryInt returns the integer in the first column of q's one row.
+	queryInt(ctx context.Context, q string, args ...any) (int64, error)
 	// load fills the staging table with p's ops.
 	load(ctx context.Context, p *plan) error
 }
@@ -178,6 +197,12 @@ func (t *sqlTx) queryRow(ctx context.Context, q string, args ...any) (bool, erro
 	}
 	rows.Close()
 	return found, rows.Err()
+}
+
+func (t *sqlTx) queryInt(ctx context.Context, q string, args ...any) (int64, error) {
+	var n int64
+	err := t.tx.QueryRowContext(ctx, q, args...).Scan(&n)
+	return n, err
 }
 
 // load inserts the ops in chunks that respect the parameter limit, reusing

@@ -76,7 +76,7 @@ func newDest(t *testing.T, driver, deletes, table string) *dest {
 
 func (d *dest) config() sqlsink.Config {
 	return sqlsink.Config{Driver: d.driver, DSN: d.dsn, Table: d.table, Deletes: d.deletes,
-		Destination: "dest-" + d.table}
+		Pipeline: "test", Destination: "dest-" + d.table}
 }
 
 func (d *dest) NewSink(t *testing.T) sink.Sink {

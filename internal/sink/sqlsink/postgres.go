@@ -149,7 +149,37 @@ func (postgres) createTombstones(tomb string) string {
 }
 
 func (postgres) createCheckpoints() string {
-	return `CREATE TABLE IF NOT EXISTS "_sluice_checkpoints" ("destination" text PRIMARY KEY, "epoch" bigint NOT NULL, "seq" bigint NOT NULL)`
+	return `CREATE TABLE IF NOT EXISTS "_sluice_checkpoints" ("pipeline" text NOT NULL, "destination" text NOT NULL, "epoch" bigint NOT NULL, "seq" bigint NOT NULL, PRIMARY KEY ("pipeline", "destination"))`
+}
+
+func (postgres) checkpointsKeyed() string {
+	return `SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('"_sluice_checkpoints"') AND attname = 'pipeline' AND NOT attisdropped`
+}
+
+func (postgres) lockCheckpoints() string {
+	return `LOCK TABLE "_sluice_checkpoints" IN ACCESS EXCLUSIVE MODE`
+}
+
+// migrateCheckpoints rebuilds the table (a primary key cannot be widened in
+// place); the old primary key index is renamed out of the new one's way.
+func (p postgres) migrateCheckpoints() []string {
+	return []string{
+		`ALTER TABLE "_sluice_checkpoints" RENAME TO "_sluice_checkpoints_legacy"`,
+		`ALTER INDEX IF EXISTS "_sluice_checkpoints_pkey" RENAME TO "_sluice_checkpoints_legacy_pkey"`,
+		p.createCheckpoints(),
+		`INSERT INTO "_sluice_checkpoints" ("pipeline", "destination", "epoch", "seq") SELECT '', "destination", "epoch", "seq" FROM "_sluice_checkpoints_legacy"`,
+		`DROP TABLE "_sluice_checkpoints_legacy"`,
+	}
+}
+
+func (postgres) seedCheckpoint() string {
+	return `INSERT INTO "_sluice_checkpoints" ("pipeline", "destination", "epoch", "seq")
+SELECT $1::text, l."destination", l."epoch", l."seq" FROM "_sluice_checkpoints" AS l WHERE l."pipeline" = '' AND l."destination" = $2::text
+ON CONFLICT ("pipeline", "destination") DO NOTHING`
+}
+
+func (postgres) epochFloor() string {
+	return `SELECT COALESCE(MAX("epoch"), 0) FROM "_sluice_checkpoints" WHERE "destination" = $2::text AND "pipeline" IN ($1::text, '')`
 }
 
 func (p postgres) addColumn(table, col, typ string) string {
@@ -166,8 +196,8 @@ WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attnum > 0 AND NOT a.attis
 func (postgres) probe(table string) string { return "SELECT 1 FROM " + table + " LIMIT 0" }
 
 func (postgres) checkpoint() string {
-	return `INSERT INTO "_sluice_checkpoints" AS c ("destination", "epoch", "seq") VALUES ($1, $2, $3)
-ON CONFLICT ("destination") DO UPDATE SET "epoch" = EXCLUDED."epoch", "seq" = EXCLUDED."seq"
+	return `INSERT INTO "_sluice_checkpoints" AS c ("pipeline", "destination", "epoch", "seq") VALUES ($1, $2, $3, $4)
+ON CONFLICT ("pipeline", "destination") DO UPDATE SET "epoch" = EXCLUDED."epoch", "seq" = EXCLUDED."seq"
 WHERE c."epoch" <= EXCLUDED."epoch" RETURNING 1`
 }
 
@@ -276,6 +306,12 @@ func (t pgTx) queryRow(ctx context.Context, q string, args ...any) (bool, error)
 	found := rows.Next()
 	rows.Close()
 	return found, rows.Err()
+}
+
+func (t pgTx) queryInt(ctx context.Context, q string, args ...any) (int64, error) {
+	var n int64
+	err := t.tx.QueryRow(ctx, q, args...).Scan(&n)
+	return n, err
 }
 
 // load COPYs the ops into the staging table through one reused row slice.

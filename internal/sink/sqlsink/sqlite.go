@@ -74,7 +74,7 @@ func (sqlite) listColumns() string             { return "SELECT name, type FROM 
 func (sqlite) tsValue(t time.Time) any         { return t.UTC().Format(changelog.TSFormat) }
 func (s sqlite) merge(p *plan) []string        { return s.mergeStmts(p) }
 func (sqlite) createCheckpoints() string {
-	return `CREATE TABLE IF NOT EXISTS "_sluice_checkpoints" ("destination" TEXT PRIMARY KEY NOT NULL, "epoch" INTEGER NOT NULL, "seq" INTEGER NOT NULL)`
+	return `CREATE TABLE IF NOT EXISTS "_sluice_checkpoints" ("pipeline" TEXT NOT NULL, "destination" TEXT NOT NULL, "epoch" INTEGER NOT NULL, "seq" INTEGER NOT NULL, PRIMARY KEY ("pipeline", "destination"))`
 }
 
 // fold lowercases ASCII only: SQLite compares identifiers case-insensitively
@@ -135,9 +135,41 @@ func (s sqlite) addColumn(table, col, typ string) string {
 }
 
 func (sqlite) checkpoint() string {
-	return `INSERT INTO "_sluice_checkpoints" AS c ("destination", "epoch", "seq") VALUES (?, ?, ?)
-ON CONFLICT ("destination") DO UPDATE SET "epoch" = excluded."epoch", "seq" = excluded."seq"
+	return `INSERT INTO "_sluice_checkpoints" AS c ("pipeline", "destination", "epoch", "seq") VALUES (?, ?, ?, ?)
+ON CONFLICT ("pipeline", "destination") DO UPDATE SET "epoch" = excluded."epoch", "seq" = excluded."seq"
 WHERE c."epoch" <= excluded."epoch" RETURNING 1`
+}
+
+func (sqlite) checkpointsKeyed() string {
+	return `SELECT 1 FROM pragma_table_info('_sluice_checkpoints') WHERE name = 'pipeline'`
+}
+
+// lockCheckpoints: a write statement takes the database's write lock even
+// when it changes nothing (and even if the DSN asked for deferred
+// transactions).
+func (sqlite) lockCheckpoints() string {
+	return `DELETE FROM "_sluice_checkpoints" WHERE 0`
+}
+
+// migrateCheckpoints rebuilds the table: SQLite cannot change a primary key
+// in place.
+func (s sqlite) migrateCheckpoints() []string {
+	return []string{
+		`ALTER TABLE "_sluice_checkpoints" RENAME TO "_sluice_checkpoints_legacy"`,
+		s.createCheckpoints(),
+		`INSERT INTO "_sluice_checkpoints" ("pipeline", "destination", "epoch", "seq") SELECT '', "destination", "epoch", "seq" FROM "_sluice_checkpoints_legacy"`,
+		`DROP TABLE "_sluice_checkpoints_legacy"`,
+	}
+}
+
+func (sqlite) seedCheckpoint() string {
+	return `INSERT INTO "_sluice_checkpoints" ("pipeline", "destination", "epoch", "seq")
+SELECT ?1, l."destination", l."epoch", l."seq" FROM "_sluice_checkpoints" AS l WHERE l."pipeline" = '' AND l."destination" = ?2
+ON CONFLICT ("pipeline", "destination") DO NOTHING`
+}
+
+func (sqlite) epochFloor() string {
+	return `SELECT COALESCE(MAX("epoch"), 0) FROM "_sluice_checkpoints" WHERE "destination" = ?2 AND "pipeline" IN (?1, '')`
 }
 
 func (s sqlite) createStage(p *plan) []string {

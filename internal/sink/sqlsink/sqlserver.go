@@ -63,7 +63,7 @@ func (sqlserver) fold(name string) string         { return strings.ToLower(name)
 func (sqlserver) tsValue(t time.Time) any         { return t.UTC().Truncate(time.Millisecond) }
 func (sqlserver) probe(table string) string       { return "SELECT TOP (0) 1 FROM " + table }
 func (sqlserver) createCheckpoints() string {
-	return `IF OBJECT_ID(N'[_sluice_checkpoints]', N'U') IS NULL CREATE TABLE [_sluice_checkpoints] ([destination] nvarchar(450) NOT NULL PRIMARY KEY, [epoch] bigint NOT NULL, [seq] bigint NOT NULL)`
+	return `IF OBJECT_ID(N'[_sluice_checkpoints]', N'U') IS NULL CREATE TABLE [_sluice_checkpoints] ([pipeline] nvarchar(128) NOT NULL, [destination] nvarchar(128) NOT NULL, [epoch] bigint NOT NULL, [seq] bigint NOT NULL, PRIMARY KEY ([pipeline], [destination]))`
 }
 
 func (sqlserver) checkKey(key string) string {
@@ -119,10 +119,42 @@ func (sqlserver) listColumns() string {
 
 func (sqlserver) checkpoint() string {
 	return `MERGE [_sluice_checkpoints] WITH (HOLDLOCK) AS c
-USING (VALUES (@p1, @p2, @p3)) AS s ([destination], [epoch], [seq]) ON c.[destination] = s.[destination]
+USING (VALUES (@p1, @p2, @p3, @p4)) AS s ([pipeline], [destination], [epoch], [seq]) ON c.[pipeline] = s.[pipeline] AND c.[destination] = s.[destination]
 WHEN MATCHED AND c.[epoch] <= s.[epoch] THEN UPDATE SET [epoch] = s.[epoch], [seq] = s.[seq]
-WHEN NOT MATCHED THEN INSERT ([destination], [epoch], [seq]) VALUES (s.[destination], s.[epoch], s.[seq])
+WHEN NOT MATCHED THEN INSERT ([pipeline], [destination], [epoch], [seq]) VALUES (s.[pipeline], s.[destination], s.[epoch], s.[seq])
 OUTPUT inserted.[epoch];`
+}
+
+func (sqlserver) checkpointsKeyed() string {
+	return `SELECT 1 WHERE COL_LENGTH(N'[_sluice_checkpoints]', N'pipeline') IS NOT NULL`
+}
+
+func (sqlserver) lockCheckpoints() string {
+	return `SELECT TOP (0) 1 FROM [_sluice_checkpoints] WITH (TABLOCKX, HOLDLOCK)`
+}
+
+// migrateCheckpoints rebuilds the table: its primary key constraint has a
+// generated name, and a rebuild gives exactly the shape of a new table.
+func (d sqlserver) migrateCheckpoints() []string {
+	return []string{
+		`EXEC sp_rename N'_sluice_checkpoints', N'_sluice_checkpoints_legacy'`,
+		d.createCheckpoints(),
+		`INSERT INTO [_sluice_checkpoints] ([pipeline], [destination], [epoch], [seq]) SELECT N'', [destination], [epoch], [seq] FROM [_sluice_checkpoints_legacy]`,
+		`DROP TABLE [_sluice_checkpoints_legacy]`,
+	}
+}
+
+// seedCheckpoint is a MERGE WITH (HOLDLOCK): two sinks seeding the same row
+// at once cannot both take the NOT MATCHED branch.
+func (sqlserver) seedCheckpoint() string {
+	return `MERGE [_sluice_checkpoints] WITH (HOLDLOCK) AS c
+USING (SELECT @p1 AS [pipeline], l.[destination], l.[epoch], l.[seq] FROM [_sluice_checkpoints] AS l WHERE l.[pipeline] = N'' AND l.[destination] = @p2) AS s
+ON c.[pipeline] = s.[pipeline] AND c.[destination] = s.[destination]
+WHEN NOT MATCHED THEN INSERT ([pipeline], [destination], [epoch], [seq]) VALUES (s.[pipeline], s.[destination], s.[epoch], s.[seq]);`
+}
+
+func (sqlserver) epochFloor() string {
+	return `SELECT COALESCE(MAX([epoch]), 0) FROM [_sluice_checkpoints] WHERE [destination] = @p2 AND [pipeline] IN (@p1, N'')`
 }
 
 func (d sqlserver) createStage(p *plan) []string {

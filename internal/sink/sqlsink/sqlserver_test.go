@@ -35,7 +35,7 @@ func TestSQLServerStatements(t *testing.T) {
 		{"createTombstones", d.createTombstones(d.tableName(tombPrefix + "t")),
 			"IF OBJECT_ID(N'[_sluice_tombstones_t]', N'U') IS NULL CREATE TABLE [_sluice_tombstones_t] ([id] nvarchar(450) NOT NULL PRIMARY KEY, [seq] bigint NOT NULL)"},
 		{"createCheckpoints", d.createCheckpoints(),
-			"IF OBJECT_ID(N'[_sluice_checkpoints]', N'U') IS NULL CREATE TABLE [_sluice_checkpoints] ([destination] nvarchar(450) NOT NULL PRIMARY KEY, [epoch] bigint NOT NULL, [seq] bigint NOT NULL)"},
+			"IF OBJECT_ID(N'[_sluice_checkpoints]', N'U') IS NULL CREATE TABLE [_sluice_checkpoints] ([pipeline] nvarchar(128) NOT NULL, [destination] nvarchar(128) NOT NULL, [epoch] bigint NOT NULL, [seq] bigint NOT NULL, PRIMARY KEY ([pipeline], [destination]))"},
 		{"addColumnInjection", d.addColumn("[t]", `"; DROP TABLE x; --]'`, d.typeOf(kindText)),
 			`IF COL_LENGTH(N'[t]', N'"; DROP TABLE x; --]''') IS NULL ALTER TABLE [t] ADD ["; DROP TABLE x; --]]'] nvarchar(max)`},
 		{"addColumnTypes", d.addColumn("[t]", "n", d.typeOf(kindNumber)) + ";" + d.addColumn("[t]", "b", d.typeOf(kindBool)) + ";" + d.addColumn("[t]", "j", d.typeOf(kindJSON)),
@@ -43,7 +43,27 @@ func TestSQLServerStatements(t *testing.T) {
 		{"listColumns", d.listColumns(),
 			"SELECT c.name, t.name FROM sys.columns AS c JOIN sys.types AS t ON t.user_type_id = c.user_type_id WHERE c.object_id = OBJECT_ID(QUOTENAME(@p1))"},
 		{"checkpoint", d.checkpoint(),
-			"MERGE [_sluice_checkpoints] WITH (HOLDLOCK) AS c\nUSING (VALUES (@p1, @p2, @p3)) AS s ([destination], [epoch], [seq]) ON c.[destination] = s.[destination]\nWHEN MATCHED AND c.[epoch] <= s.[epoch] THEN UPDATE SET [epoch] = s.[epoch], [seq] = s.[seq]\nWHEN NOT MATCHED THEN INSERT ([destination], [epoch], [seq]) VALUES (s.[destination], s.[epoch], s.[seq])\nOUTPUT inserted.[epoch];"},
+			"MERGE [_sluice_checkpoints] WITH (HOLDLOCK) AS c\n" +
+				"USING (VALUES (@p1, @p2, @p3, @p4)) AS s ([pipeline], [destination], [epoch], [seq]) ON c.[pipeline] = s.[pipeline] AND c.[destination] = s.[destination]\n" +
+				"WHEN MATCHED AND c.[epoch] <= s.[epoch] THEN UPDATE SET [epoch] = s.[epoch], [seq] = s.[seq]\n" +
+				"WHEN NOT MATCHED THEN INSERT ([pipeline], [destination], [epoch], [seq]) VALUES (s.[pipeline], s.[destination], s.[epoch], s.[seq])\n" +
+				"OUTPUT inserted.[epoch];"},
+		{"checkpointsKeyed", d.checkpointsKeyed(),
+			"SELECT 1 WHERE COL_LENGTH(N'[_sluice_checkpoints]', N'pipeline') IS NOT NULL"},
+		{"lockCheckpoints", d.lockCheckpoints(),
+			"SELECT TOP (0) 1 FROM [_sluice_checkpoints] WITH (TABLOCKX, HOLDLOCK)"},
+		{"migrateCheckpoints", strings.Join(d.migrateCheckpoints(), ";\n"),
+			"EXEC sp_rename N'_sluice_checkpoints', N'_sluice_checkpoints_legacy';\n" +
+				"IF OBJECT_ID(N'[_sluice_checkpoints]', N'U') IS NULL CREATE TABLE [_sluice_checkpoints] ([pipeline] nvarchar(128) NOT NULL, [destination] nvarchar(128) NOT NULL, [epoch] bigint NOT NULL, [seq] bigint NOT NULL, PRIMARY KEY ([pipeline], [destination]));\n" +
+				"INSERT INTO [_sluice_checkpoints] ([pipeline], [destination], [epoch], [seq]) SELECT N'', [destination], [epoch], [seq] FROM [_sluice_checkpoints_legacy];\n" +
+				"DROP TABLE [_sluice_checkpoints_legacy]"},
+		{"seedCheckpoint", d.seedCheckpoint(),
+			"MERGE [_sluice_checkpoints] WITH (HOLDLOCK) AS c\n" +
+				"USING (SELECT @p1 AS [pipeline], l.[destination], l.[epoch], l.[seq] FROM [_sluice_checkpoints] AS l WHERE l.[pipeline] = N'' AND l.[destination] = @p2) AS s\n" +
+				"ON c.[pipeline] = s.[pipeline] AND c.[destination] = s.[destination]\n" +
+				"WHEN NOT MATCHED THEN INSERT ([pipeline], [destination], [epoch], [seq]) VALUES (s.[pipeline], s.[destination], s.[epoch], s.[seq]);"},
+		{"epochFloor", d.epochFloor(),
+			"SELECT COALESCE(MAX([epoch]), 0) FROM [_sluice_checkpoints] WHERE [destination] = @p2 AND [pipeline] IN (@p1, N'')"},
 		{"createStage", strings.Join(d.createStage(mssqlPlan(false)), ";\n"),
 			"IF OBJECT_ID(N'tempdb..#sluice_stage') IS NOT NULL DROP TABLE #sluice_stage;\nCREATE TABLE #sluice_stage (_id nvarchar(450) COLLATE DATABASE_DEFAULT NOT NULL, _seq bigint NOT NULL, _ts datetime2(3) NOT NULL, _del bit NOT NULL, c0 nvarchar(max) COLLATE DATABASE_DEFAULT NULL, c1 float NULL)"},
 		{"loadStage", multiInsert(mssqlStage, stageColNames(6), 2, func(n int) string { return "@p" + itoa(n) }),

@@ -1,7 +1,7 @@
 // Package sqlsink applies change records to a SQL table (PostgreSQL, SQLite or
 // SQL Server) exactly as DESIGN §3.4 says: one row per key, one column per
 // field, every op guarded by seq, each batch in one transaction together with
-// the destination's (epoch, seq) checkpoint row.
+// the destination's (pipeline, destination, epoch, seq) checkpoint row.
 //
 // It must never apply an op older than what a row or tombstone already holds,
 // never build SQL from field names without quoting them, never drop a column,
@@ -38,7 +38,9 @@ type Config struct {
 	// Deletes is "hard" (default: remove the row, keep a tombstone) or "soft"
 	// (keep the row with _sluice_deleted = true).
 	Deletes string
-	// Destination names the checkpoint row in _sluice_checkpoints.
+	// Pipeline and Destination key the checkpoint row in _sluice_checkpoints:
+	// destination names are unique only within a pipeline (Invariant 5).
+	Pipeline    string
 	Destination string
 	// Logger receives schema changes and rejected records; nil discards.
 	Logger *slog.Logger
@@ -53,6 +55,9 @@ const (
 	tblCheckpoints = "_sluice_checkpoints"
 	tombPrefix     = "_sluice_tombstones_"
 	sysPrefix      = "_sluice_"
+	// maxCheckpointName bounds pipeline and destination names in
+	// _sluice_checkpoints (SQL Server: two nvarchar(128) key columns).
+	maxCheckpointName = 128
 )
 
 // Sink writes batches into one table. Apply calls are serialised: a
@@ -92,8 +97,11 @@ func Open(ctx context.Context, cfg Config) (*Sink, error) {
 	if strings.IndexByte(cfg.Table, 0) >= 0 || !utf8.ValidString(cfg.Table) {
 		return nil, fmt.Errorf("sql sink: table name %q is not valid text", cfg.Table)
 	}
-	if cfg.Destination == "" {
-		return nil, errors.New("sql sink: destination name is empty (it keys the _sluice_checkpoints row)")
+	if cfg.Pipeline == "" || cfg.Destination == "" {
+		return nil, fmt.Errorf("sql sink: pipeline %q or destination %q is empty (together they key the _sluice_checkpoints row)", cfg.Pipeline, cfg.Destination)
+	}
+	if n := max(utf8.RuneCountInString(cfg.Pipeline), utf8.RuneCountInString(cfg.Destination)); n > maxCheckpointName {
+		return nil, fmt.Errorf("sql sink: pipeline %q or destination %q is longer than %d characters (the _sluice_checkpoints key)", cfg.Pipeline, cfg.Destination, maxCheckpointName)
 	}
 	var soft bool
 	switch cfg.Deletes {
@@ -166,7 +174,121 @@ func (s *Sink) ensureSchema(ctx context.Context) error {
 			return fmt.Errorf("sql sink %q: table %s is missing and could not be created: %w", s.cfg.Destination, t, err)
 		}
 	}
+	if err := s.migrateCheckpoints(ctx); err != nil {
+		return err
+	}
+	if err := s.seedCheckpoint(ctx); err != nil {
+		return err
+	}
 	s.ready = true
+	return nil
+}
+
+// EpochFloor returns the highest epoch _sluice_checkpoints holds for
+// (pipeline, destination), counting the destination's legacy row; 0 when
+// there is none. A drain whose own epoch is not above it would be refused
+// by every batch (a legacy row shared by two pipelines holds the higher of
+// their epochs; a recreated checkpoint blob starts again at 1), so the
+// engine raises its epoch past it first (Invariant 5).
+func (s *Sink) EpochFloor(ctx context.Context, pipeline, destination string) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.ensureSchema(ctx); err != nil {
+		return 0, err
+	}
+	var floor int64
+	err := s.db.inTx(ctx, false, func(tx txn) error {
+		var err error
+		floor, err = tx.queryInt(ctx, s.d.epochFloor(), pipeline, destination)
+		return err
+	})
+	if err != nil {
+		s.ready = false
+		return 0, fmt.Errorf("sql sink %q: read the epoch of %s/%s in %s: %w", s.cfg.Destination, pipeline, destination, tblCheckpoints, err)
+	}
+	return floor, nil
+}
+
+// checkpointsKeyed reports whether _sluice_checkpoints is keyed by pipeline
+// and destination.
+func (s *Sink) checkpointsKeyed(ctx context.Context) (bool, error) {
+	var keyed bool
+	err := s.db.inTx(ctx, false, func(tx txn) error {
+		var err error
+		keyed, err = tx.queryRow(ctx, s.d.checkpointsKeyed())
+		return err
+	})
+	return keyed, err
+}
+
+// migrateCheckpoints turns a _sluice_checkpoints keyed by destination alone
+// (sluice before destinations were told apart by pipeline) into one keyed by
+// pipeline and destination. The old rows become pipeline "" rows, from which
+// seedCheckpoint starts each pipeline's row.
+//
+// Invariant 5: the migration runs in one transaction under a write lock on
+// the table, so no batch commits between the copy and the switch, and
+// several sinks opening at once migrate once: the others wait, find the work
+// done and go on. A failure that leaves the table migrated (another sink
+// won a race the lock did not cover) is not an error.
+func (s *Sink) migrateCheckpoints(ctx context.Context) error {
+	keyed, err := s.checkpointsKeyed(ctx)
+	if err != nil {
+		return fmt.Errorf("sql sink %q: read the shape of %s: %w", s.cfg.Destination, tblCheckpoints, err)
+	}
+	if keyed {
+		return nil
+	}
+	migrated := false
+	err = s.db.inTx(ctx, true, func(tx txn) error {
+		if err := tx.exec(ctx, s.d.lockCheckpoints()); err != nil {
+			return fmt.Errorf("lock: %w", err)
+		}
+		keyed, err := tx.queryRow(ctx, s.d.checkpointsKeyed())
+		if err != nil {
+			return err
+		}
+		if keyed {
+			s.log.Debug("a concurrent sink migrated _sluice_checkpoints while this one waited for the lock")
+			return nil
+		}
+		for _, q := range s.d.migrateCheckpoints() {
+			if err := tx.exec(ctx, q); err != nil {
+				return fmt.Errorf("%s: %w", q, err)
+			}
+		}
+		migrated = true
+		return nil
+	})
+	if err != nil {
+		if keyed, kerr := s.checkpointsKeyed(ctx); kerr == nil && keyed {
+			s.log.Debug("migrating _sluice_checkpoints failed, but a concurrent sink migrated it", "err", err)
+			return nil
+		}
+		return fmt.Errorf("sql sink %q: migrate %s to rows keyed by (pipeline, destination): %w", s.cfg.Destination, tblCheckpoints, err)
+	}
+	if migrated {
+		s.log.Info("migrated _sluice_checkpoints to rows keyed by (pipeline, destination); the old rows are kept as pipeline \"\"")
+	}
+	return nil
+}
+
+// seedCheckpoint starts this sink's checkpoint row from its destination's
+// legacy row, if it has none yet.
+//
+// Invariant 5: a legacy row holds the newest epoch some drain of this
+// destination name wrote before the migration; starting from it keeps a
+// drain that was paused before the upgrade, with an older epoch, refused.
+// It is an insert-if-absent, so sinks seeding at once agree and a row the
+// pipeline already has is never moved back.
+func (s *Sink) seedCheckpoint(ctx context.Context) error {
+	err := s.db.inTx(ctx, true, func(tx txn) error {
+		return tx.exec(ctx, s.d.seedCheckpoint(), s.cfg.Pipeline, s.cfg.Destination)
+	})
+	if err != nil {
+		return fmt.Errorf("sql sink %q: start the %s row of pipeline %q from the destination's legacy row: %w",
+			s.cfg.Destination, tblCheckpoints, s.cfg.Pipeline, err)
+	}
 	return nil
 }
 
@@ -252,6 +374,7 @@ type plan struct {
 	all         []*column // every known field column, sorted
 	staged      []*column // columns some op of the batch carries a value for
 	ops         []*op     // last good op per key, sorted by key (stable lock order)
+	pipeline    string
 	dest        string
 	epoch, seq  int64
 }
@@ -277,7 +400,7 @@ func (s *Sink) Apply(ctx context.Context, b sink.Batch) error {
 	}
 	p := &plan{
 		table: s.table(), tomb: s.tomb(), soft: s.soft, all: s.all,
-		dest: s.cfg.Destination, epoch: b.Epoch, seq: b.Records[len(b.Records)-1].Seq,
+		pipeline: s.cfg.Pipeline, dest: s.cfg.Destination, epoch: b.Epoch, seq: b.Records[len(b.Records)-1].Seq,
 	}
 	for _, c := range s.all {
 		if c.stage >= 0 {
@@ -559,7 +682,7 @@ func (s *Sink) run(ctx context.Context, p *plan, commit bool) error {
 		// Invariant 5: the checkpoint row is written first, in the batch's
 		// transaction, and refuses an epoch older than the newest seen. The
 		// row lock it takes serialises this batch against a newer drain.
-		ok, err := tx.queryRow(ctx, s.d.checkpoint(), p.dest, p.epoch, p.seq)
+		ok, err := tx.queryRow(ctx, s.d.checkpoint(), p.pipeline, p.dest, p.epoch, p.seq)
 		if err != nil {
 			return fmt.Errorf("write checkpoint: %w", err)
 		}
