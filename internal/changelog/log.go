@@ -78,7 +78,13 @@ type Appender struct {
 func (l *Log) NewAppender(ctx context.Context, st *State) (*Appender, error) {
 	prevFrom := st.FencedFrom
 	st.Fence++
+	// Until this writer's cleanup succeeds, the range to search keeps
+	// starting where the previous writer's did: a takeover that dies after
+	// the bump must not make its successor skip that range.
 	st.FencedFrom = st.Head.Seq + 1
+	if prevFrom > 0 && prevFrom < st.FencedFrom {
+		st.FencedFrom = prevFrom
+	}
 	if err := l.SaveState(ctx, st); err != nil {
 		st.Fence--
 		st.FencedFrom = prevFrom
@@ -89,13 +95,12 @@ func (l *Log) NewAppender(ctx context.Context, st *State) (*Appender, error) {
 	// prevFrom. Orphans over older ranges (from a writer paused through
 	// more than one takeover) are not searched for; reads never pick them
 	// (locate prefers the highest fence), they only take space.
-	from := st.FencedFrom
-	if prevFrom > 0 && prevFrom < from {
-		from = prevFrom
-	}
-	if err := l.removeOrphans(ctx, st, from); err != nil {
+	if err := l.removeOrphans(ctx, st, st.FencedFrom); err != nil {
 		return nil, err
 	}
+	// Cleaned: this writer's own range starts at the head. The next commit
+	// saves it.
+	st.FencedFrom = st.Head.Seq + 1
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
 	a := &Appender{l: l, st: st, runID: hex.EncodeToString(b), next: st.Head.Seq + 1, lastTS: st.Head.TS, written: st.Head.Seq}
@@ -358,7 +363,13 @@ func (l *Log) listBucket(ctx context.Context, b int64) ([]segment, error) {
 	err := l.store.List(ctx, l.bucketPrefix(b), func(bi azstore.BlobInfo) error {
 		s, err := parseSegment(bi.Name, string(bi.ETag), bi.Metadata)
 		if err != nil {
-			return err
+			// A blob without a segment's metadata was never committed
+			// (a segment's metadata is written with it, atomically): it
+			// can never be the one a scan needs, so it must not stop
+			// scans that merely list its bucket. A missing committed
+			// segment still fails the scan (ErrCorrupt).
+			l.log.Warn("ignoring a blob that is not a segment", "pipeline", l.pipeline, "blob", bi.Name, "err", err.Error())
+			return nil
 		}
 		segs = append(segs, s)
 		return nil
