@@ -243,3 +243,12 @@ func lower(s string) string {
 	}
 	return string(b)
 }
+
+// DeleteContainer deletes the store's container and everything in it (tests
+// clean up with it; sluice itself never calls it).
+func (s *Store) DeleteContainer(ctx context.Context) error {
+	if _, err := s.container.Delete(ctx, nil); err != nil {
+		return fmt.Errorf("delete container %s: %w", s.name, classify(err))
+	}
+	return nil
+}

@@ -54,11 +54,14 @@ type ReadResult struct {
 	Deletes  int64  `json:"reconciledDeletes,omitempty"`
 	// Unchanged counts items a full round delivered exactly as the log
 	// already had them, and so did not log again.
-	Unchanged int64  `json:"unchanged,omitempty"`
-	Pages     int    `json:"pages"`
-	Head      int64  `json:"head"`
-	WokeUp    int    `json:"wokeUp"`
-	Error     string `json:"error,omitempty"`
+	Unchanged int64 `json:"unchanged,omitempty"`
+	Pages     int   `json:"pages"`
+	// RoundRestarted: a full round could not reconcile (its record of
+	// unchanged keys was lost) and starts again at the next pass.
+	RoundRestarted bool   `json:"roundRestarted,omitempty"`
+	Head           int64  `json:"head"`
+	WokeUp         int    `json:"wokeUp"`
+	Error          string `json:"error,omitempty"`
 }
 
 func (r *Reader) defaults() {
@@ -204,6 +207,9 @@ func (r *Reader) ReadPipeline(ctx context.Context, p *config.Pipeline) (ReadResu
 	// committing them here would put the head past the cursor, and the next
 	// pass would log those pages again under new seqs.
 	outcome := res.Outcome
+	if res.RoundRestarted {
+		outcome += "; the full round starts again (its record of unchanged keys was lost)"
+	}
 	if err != nil {
 		outcome = "failed: " + err.Error()
 	}
@@ -364,7 +370,7 @@ func (rp *readPass) run(ctx context.Context) error {
 			if err := rp.a.Add(ctx, &recs[i]); err != nil {
 				return err
 			}
-			if rp.a.State().Source.FullRound {
+			if rp.a.State().Source.FullRound && rp.before != nil && rp.before.Len() > 0 {
 				rp.added = append(rp.added, recs[i].Key)
 			}
 			added++
@@ -485,12 +491,13 @@ func (rp *readPass) commit(ctx context.Context, cursor string, final bool) error
 	if final && st.Source.FullRound {
 		n, err := rp.reconcile(ctx, st.Source.RoundStartSeq)
 		switch {
-		case errors.Is(err, errSeenLost):
+		case errors.Is(err, keyindex.ErrSeenLost):
 			// Without the record of what the round saw unchanged, any
 			// delete would be a guess. Read the list again in full instead:
 			// the next pass starts a new round (an empty cursor).
 			rp.log.Warn("the keys this full round saw unchanged cannot be read; starting the round again instead of guessing deletes", "err", err.Error())
 			cursor, final, seen, rp.skipped = "", false, "", nil
+			rp.res.RoundRestarted = true
 		case err != nil:
 			return err
 		default:
@@ -534,22 +541,18 @@ func (rp *readPass) commit(ctx context.Context, cursor string, final bool) error
 	return nil
 }
 
-// errSeenLost means a blob of the round's chain of unchanged keys is gone.
-var errSeenLost = errors.New("the chain of unchanged keys is incomplete")
-
 // reconcile appends a delete for every key live at roundStart that the round
-// did not deliver. Both sets come from the log itself — the log is the only
-// source of truth — so a pass that crashed mid-round and resumed from its
-// cursor still knows what the round has seen.
+// did not deliver. What was live comes from the log (through the key index,
+// caught up from it); what the round delivered from the log, the chain of
+// unchanged keys committed with the cursor, and this pass's keys since its
+// last commit. So a pass that crashed mid-round and resumed from its cursor
+// still knows what the round has seen.
 func (rp *readPass) reconcile(ctx context.Context, roundStart int64) (int64, error) {
 	if roundStart == 0 || rp.before == nil || rp.before.Len() == 0 {
 		return 0, nil // nothing was live before the round
 	}
 	st := rp.a.State()
 	seen, err := keyindex.LoadSeen(ctx, rp.r.Store, st.Source.RoundSeen)
-	if errors.Is(err, azstore.ErrNotFound) {
-		return 0, fmt.Errorf("reconcile pipeline %s: %w: %w", rp.p.Name, errSeenLost, err)
-	}
 	if err != nil {
 		return 0, fmt.Errorf("reconcile pipeline %s: %w", rp.p.Name, err)
 	}

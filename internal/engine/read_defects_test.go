@@ -1,16 +1,23 @@
 package engine_test
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/internal/azstore"
 	"github.com/sluicehq/sluice/internal/changelog"
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/engine"
 	"github.com/sluicehq/sluice/internal/source/sharepoint"
+	"github.com/sluicehq/sluice/internal/testenv"
 )
 
 // steppingClock advances by step every time it is read, so that every
@@ -153,29 +160,41 @@ func TestResyncRestartedMidRoundCompletes(t *testing.T) {
 // link that fetched it as cursor, and the delta link in a second commit).
 func TestFinalCommitFailureLogsNoPageTwice(t *testing.T) {
 	t.Parallel()
-	const n = 50
-	f := newReadFixture(t, n)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	lg := changelog.New(f.st, "orders", changelog.Options{})
-	var fired atomic.Bool
-	// Cancel the pass as soon as all n records are committed: between
-	// the two commits, when there were two.
-	f.reader.Now = func() time.Time {
-		if !fired.Load() {
-			if st, err := lg.LoadState(context.Background()); err == nil && st.Head.Seq == n {
-				fired.Store(true)
-				cancel()
+	for _, n := range []int{50, 2500} {
+		t.Run(fmt.Sprint(n, " items"), func(t *testing.T) {
+			t.Parallel()
+			f := newReadFixture(t, n)
+			inject := &failFinalCommit{}
+			faulty, err := azstore.Open(context.Background(), testenv.StorageSettings(t), f.st.Container(), azstore.Options{HTTPClient: inject})
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-		return time.Now()
+			f.reader.Store = faulty
+			if _, err := f.reader.ReadPipeline(context.Background(), f.p); err == nil || !inject.fired.Load() {
+				t.Fatalf("the final commit did not fail (%v); the test proves nothing", err)
+			}
+			f.reader.Store = f.st
+			if res := f.read(t, context.Background()); res.Head != int64(n) {
+				t.Fatalf("a %d-item first load whose final commit failed logged %d records; want %d", n, res.Head, n)
+			}
+			checkFold(t, f, "after the failed final commit")
+		})
 	}
-	_, _ = f.reader.ReadPipeline(ctx, f.p)
-	f.reader.Now = time.Now
-	if res := f.read(t, context.Background()); res.Head != n {
-		t.Fatalf("a %d-item first load interrupted at its end logged %d records; want %d", n, res.Head, n)
+}
+
+// cancelWhenSource cancels the pass from its page requests as soon as cond
+// holds.
+type cancelWhenSource struct {
+	engine.Source
+	cond   func() bool
+	cancel context.CancelFunc
+}
+
+func (s *cancelWhenSource) Page(ctx context.Context, link string) (*sharepoint.Page, error) {
+	if s.cond() {
+		s.cancel()
 	}
-	checkFold(t, f, "after the interrupted end of a first load")
+	return s.Source.Page(ctx, link)
 }
 
 // A round whose chain of unchanged keys lost a blob (as the old DropSeen of
@@ -188,36 +207,71 @@ func TestLostSeenChainRestartsRound(t *testing.T) {
 	clock := newSteppingClock(time.Second)
 	f.reader.Now, f.reader.CommitInterval = clock.Now, 500*time.Millisecond
 	f.list.ExpireTokens()
+	lg := changelog.New(f.st, "orders", changelog.Options{})
+	chained := func() bool {
+		st, err := lg.LoadState(context.Background())
+		return err == nil && st.Source.RoundSeen != ""
+	}
 	open := f.reader.Open
 	ctx, cancel := context.WithCancel(context.Background())
 	f.reader.Open = func(p *config.Pipeline) (engine.Source, error) {
 		src, err := open(p)
-		return &cancelAfterSource{Source: src, n: 3, cancel: cancel}, err
+		return &cancelWhenSource{Source: src, cond: chained, cancel: cancel}, err
 	}
 	_, _ = f.reader.ReadPipeline(ctx, f.p)
 	cancel()
 	f.reader.Open = open
-	st, err := changelog.New(f.st, "orders", changelog.Options{}).LoadState(context.Background())
-	if err != nil || st.Source.RoundSeen == "" {
+	st, err := lg.LoadState(context.Background())
+	if err != nil || st.Source.RoundSeen == "" || !st.Source.FullRound {
 		t.Fatalf("the interrupted resync left no chain of unchanged keys (%v); the test proves nothing", err)
 	}
 	if err := f.st.Delete(context.Background(), st.Source.RoundSeen, ""); err != nil {
 		t.Fatal(err)
 	}
 	f.list.Add(map[string]any{"Title": "added after the chain broke"})
+	for id := 3000; id < 3004; id++ {
+		f.list.DeleteUnreported(id)
+	}
 	var deletes int64
+	restarted := false
 	for i := range 3 {
 		res, err := f.reader.ReadPipeline(context.Background(), f.p)
 		deletes += res.Deletes
-		if err == nil && res.Outcome == "read" && i > 0 {
+		restarted = restarted || res.RoundRestarted
+		if err == nil && res.Outcome == "read" && !res.RoundRestarted {
 			break
 		}
 		if i == 2 {
 			t.Fatalf("the pipeline is stuck after its chain of unchanged keys broke: %+v, %v", res, err)
 		}
 	}
-	if deletes != 0 {
-		t.Fatalf("%d deletes guessed for an unchanged list", deletes)
+	if !restarted {
+		t.Fatal("no pass reported that the round starts again")
+	}
+	if deletes != 4 {
+		t.Fatalf("%d deletes reconciled; want exactly the 4 silent ones", deletes)
 	}
 	checkFold(t, f, "after the broken chain")
+}
+
+// failFinalCommit fails every write of the pipeline state that ends a round
+// (the one that sets cursorAt; also the SDK's retries of it), before it
+// reaches storage.
+type failFinalCommit struct {
+	fired atomic.Bool
+}
+
+func (f *failFinalCommit) Do(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/orders/state.json") && r.Body != nil {
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			return nil, err
+		}
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		if bytes.Contains(b, []byte(`"cursorAt"`)) {
+			f.fired.Store(true)
+			return nil, errors.New("injected: the final commit of the round fails")
+		}
+	}
+	return http.DefaultTransport.RoundTrip(r)
 }

@@ -97,6 +97,9 @@ func LoadSeen(ctx context.Context, st *azstore.Store, newest string) (map[string
 	seen := map[string]struct{}{}
 	for name := newest; name != ""; {
 		rc, info, err := st.Read(ctx, name)
+		if errors.Is(err, azstore.ErrNotFound) {
+			return nil, fmt.Errorf("read unchanged keys %s: %w: %w", name, ErrSeenLost, err)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("read unchanged keys %s: %w", name, err)
 		}
@@ -110,10 +113,14 @@ func LoadSeen(ctx context.Context, st *azstore.Store, newest string) (map[string
 	return seen, nil
 }
 
+// ErrSeenLost means a blob of a chain of unchanged keys is missing or cannot
+// be decoded: what the round saw can no longer be known.
+var ErrSeenLost = errors.New("the record of unchanged keys is missing or corrupt")
+
 func readKeys(r io.Reader, into map[string]struct{}) error {
 	zr, err := gzip.NewReader(r)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", ErrSeenLost, err)
 	}
 	br := bufio.NewReader(zr)
 	for {
@@ -122,11 +129,11 @@ func readKeys(r io.Reader, into map[string]struct{}) error {
 			return nil
 		}
 		if err != nil || n > 1<<20 {
-			return fmt.Errorf("corrupt key list")
+			return fmt.Errorf("%w: corrupt key list (%v)", ErrSeenLost, err)
 		}
 		k := make([]byte, n)
 		if _, err := io.ReadFull(br, k); err != nil {
-			return err
+			return fmt.Errorf("%w: %w", ErrSeenLost, err)
 		}
 		into[string(k)] = struct{}{}
 	}
