@@ -154,44 +154,60 @@ func (r *Reader) ReadPipeline(ctx context.Context, p *config.Pipeline) (ReadResu
 	}()
 
 	lg := changelog.New(r.Store, p.Name, changelog.Options{Logger: r.Log, Now: r.Now})
-	st, err := lg.LoadState(ctx)
-	if err != nil {
-		return res, err
-	}
-	res.Head = st.Head.Seq
-	fp := fingerprintOf(p)
-	if st.Source.Fingerprint != "" && st.Source.Fingerprint != fp.String() {
-		var old fingerprint
-		_ = json.Unmarshal([]byte(st.Source.Fingerprint), &old)
-		if old.Site != fp.Site || old.List != fp.List {
-			return res, fmt.Errorf("read pipeline %s: the source changed from %s / %s to %s / %s; "+
-				"run `sluice reset --pipeline %s` to read the new list from the start (the log is kept)",
-				p.Name, old.Site, old.List, fp.Site, fp.List, p.Name)
+	var (
+		a   *changelog.Appender
+		src Source
+	)
+	for attempt := 1; ; attempt++ {
+		st, err := lg.LoadState(ctx)
+		if err != nil {
+			return res, err
 		}
-		// Old links carry the old $select: start a full round.
-		log.Info("fields changed; starting a full round", "old", old.Fields, "new", fp.Fields)
-		st.Source.Cursor, st.Source.FullRound = "", false
-	}
-	if now := r.Now(); st.Source.ThrottledUntil.After(now) {
-		res.Outcome = "throttled"
-		log.Info("Graph asked us to wait; skipping this pass", "until", st.Source.ThrottledUntil)
-		return res, r.wake(ctx, p, st.Head.Seq, &res)
-	}
-	src, err := r.Open(p)
-	if err != nil {
-		return res, err
-	}
-	src.SetNotBefore(st.Source.ThrottledUntil)
-	if st.Source.SiteID == "" || st.Source.ListID == "" || st.Source.Fingerprint != fp.String() {
-		if st.Source.SiteID, st.Source.ListID, err = src.Resolve(ctx, p.Source.Site, p.Source.List); err != nil {
-			return res, fmt.Errorf("read pipeline %s: %w", p.Name, err)
+		res.Head = st.Head.Seq
+		fp := fingerprintOf(p)
+		if st.Source.Fingerprint != "" && st.Source.Fingerprint != fp.String() {
+			var old fingerprint
+			_ = json.Unmarshal([]byte(st.Source.Fingerprint), &old)
+			if old.Site != fp.Site || old.List != fp.List {
+				return res, fmt.Errorf("read pipeline %s: the source changed from %s / %s to %s / %s; "+
+					"run `sluice reset --pipeline %s` to read the new list from the start (the log is kept)",
+					p.Name, old.Site, old.List, fp.Site, fp.List, p.Name)
+			}
+			// Old links carry the old $select: start a full round.
+			log.Info("fields changed; starting a full round", "old", old.Fields, "new", fp.Fields)
+			st.Source.Cursor, st.Source.FullRound = "", false
 		}
-	}
-	st.Source.Fingerprint = fp.String()
+		if now := r.Now(); st.Source.ThrottledUntil.After(now) {
+			res.Outcome = "throttled"
+			log.Info("Graph asked us to wait; skipping this pass", "until", st.Source.ThrottledUntil)
+			return res, r.wake(ctx, p, st.Head.Seq, &res)
+		}
+		if src == nil {
+			if src, err = r.Open(p); err != nil {
+				return res, err
+			}
+		}
+		src.SetNotBefore(st.Source.ThrottledUntil)
+		if st.Source.SiteID == "" || st.Source.ListID == "" || st.Source.Fingerprint != fp.String() {
+			if st.Source.SiteID, st.Source.ListID, err = src.Resolve(ctx, p.Source.Site, p.Source.List); err != nil {
+				return res, fmt.Errorf("read pipeline %s: %w", p.Name, err)
+			}
+		}
+		st.Source.Fingerprint = fp.String()
 
-	a, err := lg.NewAppender(ctx, st)
-	if err != nil {
-		return res, err
+		a, err = lg.NewAppender(ctx, st)
+		if errors.Is(err, changelog.ErrConflict) && attempt < 3 {
+			// The state changed between loading and fencing although this
+			// pass holds the lease: a write of an earlier, interrupted pass
+			// that reached storage late. Load it again; the fence makes the
+			// takeover safe whatever happens.
+			log.Info("the pipeline state changed while taking over the log; loading it again", "attempt", attempt)
+			continue
+		}
+		if err != nil {
+			return res, err
+		}
+		break
 	}
 	pass := &readPass{r: r, p: p, lg: lg, a: a, src: src, log: log, res: &res}
 	err = pass.run(ctx)
