@@ -22,7 +22,8 @@ import (
 //	GET  /_sim/snapshot               {"count":N,"items":{"<id>":{fields}}}: List.Snapshot
 //	GET  /_sim/stats                  Stats
 //	POST /_sim/stats/reset            zero Stats
-//	GET  /_sim/knobs  POST /_sim/knobs   a list's Knobs (POST replaces them)
+//	GET  /_sim/knobs  POST /_sim/knobs   a list's Knobs (POST replaces them), e.g.
+//	                                  {"shortPages":true,"pageDelay":"300ms","pageJitter":"1.2s"}
 //	POST /_sim/faults                 queue a Fault (JSON body)
 //	DELETE /_sim/faults               drop queued faults
 //	POST /_sim/expire                 List.ExpireTokens (Sim.ExpireTokens without ?list)
