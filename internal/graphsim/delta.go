@@ -52,12 +52,13 @@ type Knobs struct {
 	ResyncWithoutLocation bool `json:"resyncWithoutLocation,omitempty"`
 	// PageDelay and PageJitter give delta pages Graph's latency: real
 	// Graph takes 0.5–2 s per page of list items (§1.1, §3), and a client
-	// only meets its own timing bugs at that pace. Each page (token=latest
-	// included) waits PageDelay plus a uniformly random [0, PageJitter)
-	// before it is built, so it shows the list as it is when it is sent.
-	// A client that gives up meanwhile ends the wait at once. Errors (410,
-	// 400, injected faults) answer without delay. In JSON both are Go
-	// duration strings, e.g. "300ms".
+	// only meets its own timing bugs at that pace. Each delta request
+	// (token=latest included) waits PageDelay plus a uniformly random
+	// [0, PageJitter) before it is served: its token is judged, and its
+	// page built, as they are when the answer goes out, so a token
+	// expired meanwhile gets 410. A client that gives up ends the wait at
+	// once. Injected faults and auth errors answer without delay. In JSON
+	// both are Go duration strings, e.g. "300ms".
 	PageDelay  time.Duration `json:"-"`
 	PageJitter time.Duration `json:"-"`
 }
@@ -120,7 +121,7 @@ func (k Knobs) pageWait() time.Duration {
 	return d
 }
 
-// waitPage holds a delta page back for the knobs' latency. It reports
+// waitPage holds a delta request back for the knobs' latency. It reports
 // false when the client went away first; nothing should be written then.
 func waitPage(r *http.Request, k Knobs) bool {
 	d := k.pageWait()
@@ -354,6 +355,12 @@ func (s *Sim) serveDelta(w http.ResponseWriter, r *http.Request, rt route, l *Li
 		s.writeError(w, r, qerr.status, qerr.code, qerr.msg, nil)
 		return
 	}
+	// Graph's latency comes first: the token is judged, and the page shows
+	// the list, as they are when the answer is made.
+	if !waitPage(r, l.Knobs()) {
+		s.log.Debug("client gone while its delta request was delayed", "url", r.URL.String())
+		return
+	}
 	base := baseURL(r) + "/sites/" + l.site.id + "/lists/" + l.id + "/items/delta"
 	now := s.now()
 
@@ -367,13 +374,8 @@ func (s *Sim) serveDelta(w http.ResponseWriter, r *http.Request, rt route, l *Li
 		cur = token{page: true, full: true, snap: l.seq, lo: 1, hi: uint64(max(len(l.items), 1))}
 	case q.token == "latest":
 		// An empty page with a deltaLink for "now" (§1.7 B).
-		l.mu.Unlock()
-		if !waitPage(r, knobs) {
-			return
-		}
-		l.mu.RLock()
 		seq := l.seq
-		l.mu.RUnlock()
+		l.mu.Unlock()
 		s.writePage(w, r, rt, l, nil, 0, base, q, token{snap: seq}, false)
 		return
 	default:
@@ -400,12 +402,6 @@ func (s *Sim) serveDelta(w http.ResponseWriter, r *http.Request, rt route, l *Li
 	}
 	l.mu.Unlock()
 
-	// Graph's latency. The round's bounds are fixed above; what changes in
-	// the meantime is served as changes during a round always are.
-	if !waitPage(r, knobs) {
-		s.log.Debug("client gone while a page was delayed", "url", r.URL.String())
-		return
-	}
 	l.mu.RLock()
 	bp := bufPool.Get().(*[]byte)
 	items, n, next, done := l.buildPageLocked((*bp)[:0], cur, q, knobs)
