@@ -23,6 +23,9 @@ type Options struct {
 	Keep     bool
 	Verbose  bool
 	Root     string
+	// Bin holds sluice and graphsim binaries built already (see
+	// buildBinaries); empty: the run builds them first.
+	Bin string
 }
 
 // Report is what a run found.
@@ -210,15 +213,17 @@ func (s *suite) cleanup() {
 
 // setup builds the binaries and starts the services.
 func (s *suite) setup(ctx context.Context) error {
-	s.bin = filepath.Join(s.dir, "bin")
-	if err := os.MkdirAll(s.bin, 0o755); err != nil {
-		return err
+	if s.bin = s.o.Bin; s.bin == "" {
+		s.bin = filepath.Join(s.dir, "bin")
+		if err := os.MkdirAll(s.bin, 0o755); err != nil {
+			return err
+		}
+		start := time.Now()
+		if err := buildBinaries(ctx, s.root, s.bin); err != nil {
+			return err
+		}
+		s.logf("built sluice and graphsim in %v", time.Since(start).Round(100*time.Millisecond))
 	}
-	start := time.Now()
-	if err := buildBinaries(ctx, s.root, s.bin); err != nil {
-		return err
-	}
-	s.logf("built sluice and graphsim in %v", time.Since(start).Round(100*time.Millisecond))
 
 	// Azurite on ports we choose, so that a restart gets the same ones.
 	azBin := filepath.Join(s.root, "node_modules", ".bin", "azurite")
@@ -420,10 +425,13 @@ func (s *suite) faultPhase(ctx context.Context) error {
 	s.logf("fault phase over: stopping churn, the one-shot runner and both hosts (SIGTERM)")
 	s.churnStop.Store(true)
 	<-churnDone
-	s.oneshot.stop()
+	// All at once: each may take a while to finish what it is doing.
+	var stops sync.WaitGroup
+	stops.Go(s.oneshot.stop)
 	for _, r := range s.runs {
-		r.stop()
+		stops.Go(r.stop)
 	}
+	stops.Wait()
 	cancel()
 	wg.Wait()
 	// No sluice process is alive now: what killed ones still hold would

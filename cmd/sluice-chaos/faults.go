@@ -215,7 +215,7 @@ func (s *suite) restartAzurite(ctx context.Context, e event) {
 	}
 	s.logf("Azurite stopped (SIGTERM, data kept) for %v; %s", e.Delay.Round(100*time.Millisecond), lag)
 	if !s.az.stop() {
-		s.faultErr("Azurite did not stop within 30 s and was killed: its last writes may be lost (not sluice's fault)")
+		s.faultErr("Azurite did not stop within 60 s and was killed: its last writes may be lost (not sluice's fault)")
 		s.mu.Lock()
 		s.c.azKilled++
 		s.mu.Unlock()
