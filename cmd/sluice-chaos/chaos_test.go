@@ -11,13 +11,15 @@ import (
 	"time"
 )
 
-// TestChaosShort is `sluice-chaos --short` inside `make test`: real sluice
-// processes killed at random, PostgreSQL and Azurite restarted, the receiver
-// failing, Graph expiring tokens and throttling — then nothing may be lost.
-// SLUICE_CHAOS_SEED reproduces a failed run.
+// TestChaosShort is `sluice-chaos --short` inside `make test`: three
+// pipelines on one slow 10,000-item list, real sluice processes killed at
+// random, PostgreSQL and Azurite restarted, the receiver failing, Graph
+// expiring tokens (once while the list is quiet) and throttling, a replay —
+// then nothing may be lost or invented. SLUICE_CHAOS_SEED reproduces a
+// failed run.
 func TestChaosShort(t *testing.T) {
 	if testing.Short() {
-		t.Skip("the chaos suite runs real services for about 2.5 minutes; skipped under -short (run it with `make chaos` or without -short)")
+		t.Skip("the chaos suite runs real services for about 3 minutes; skipped under -short (run it with `make chaos` or without -short)")
 	}
 	root, err := findRoot()
 	if err != nil {
@@ -49,7 +51,8 @@ func TestChaosShort(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("built sluice and graphsim in %v", time.Since(start).Round(100*time.Millisecond))
-	// The limit only ends a hang, with room for a loaded machine.
+	// The suite takes about 2.5 minutes; the limit only ends a hang, with
+	// room for a loaded machine.
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	w := &testWriter{t: t}

@@ -363,6 +363,28 @@ func (g *graphsim) snapshot(ctx context.Context) (*snapshot, error) {
 	return &s, nil
 }
 
+// deletion is one delete in the simulator's history (graphsim.Deletion).
+type deletion struct {
+	ID int       `json:"id"`
+	At time.Time `json:"at"`
+}
+
+// deletions is every delete the list has seen, as GET /_sim/deletions
+// answers.
+func (g *graphsim) deletions(ctx context.Context) ([]deletion, error) {
+	var out struct {
+		Count     int        `json:"count"`
+		Deletions []deletion `json:"deletions"`
+	}
+	if err := g.admin(ctx, http.MethodGet, "/_sim/deletions", nil, &out); err != nil {
+		return nil, err
+	}
+	if out.Count != len(out.Deletions) {
+		return nil, fmt.Errorf("graphsim deletions: count %d, %d listed", out.Count, len(out.Deletions))
+	}
+	return out.Deletions, nil
+}
+
 // openStore connects to the suite's Azurite.
 func openStore(ctx context.Context, connString, container string) (*azstore.Store, error) {
 	s, err := azstore.ParseConnectionString(connString)
