@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	_ "modernc.org/sqlite" // database/sql driver "sqlite", to read the SQLite destination
+	_ "modernc.org/sqlite" // database/sql driver "sqlite", to read the SQLite destinations
 
 	"github.com/sluicehq/sluice/internal/azstore"
 	"github.com/sluicehq/sluice/internal/changelog"
@@ -86,8 +86,10 @@ func (s *suite) check(ctx context.Context) *Report {
 			switch d.kind {
 			case kindPostgres:
 				check(fmt.Sprintf("%s: postgres table %s equals the folded log (ids, _sluice_seq)", d.name, d.table), s.checkPostgres(ctx, d.table, li))
+				check(d.name+": its own _sluice_checkpoints row is at the head", s.checkCheckpointRow(ctx, p.name, d, li))
 			case kindSQLite:
 				check(fmt.Sprintf("%s: sqlite table %s equals the folded log (ids, _sluice_seq)", d.name, d.table), s.checkSQLite(ctx, d.table, li))
+				check(d.name+": its own _sluice_checkpoints row is at the head", s.checkCheckpointRow(ctx, p.name, d, li))
 			case kindHTTP:
 				bySeq := recv.got[p.name].bySeq
 				check(d.name+": http received every seq at least once", checkHTTPComplete(li, bySeq))
@@ -152,7 +154,8 @@ func (s *suite) scanLog(ctx context.Context, pipeline string) (*logInfo, error) 
 // checkDeletes: every delete in the log is of an item the list had
 // deleted by the time the record was captured (the simulator keeps every
 // delete); a delete of an item that was never deleted, or not yet, is a
-// false delete — destinations dropped a row that exists.
+// false delete — destinations dropped a row that exists. The suite never
+// restores a deleted item, so an item's first delete is its only one.
 func checkDeletes(li *logInfo, snap *snapshot, dels []deletion) error {
 	deletedAt := map[string]time.Time{} // first delete of each item
 	for _, d := range dels {
@@ -330,7 +333,7 @@ func (s *suite) checkPostgres(ctx context.Context, table string, li *logInfo) er
 }
 
 func (s *suite) checkSQLite(ctx context.Context, table string, li *logInfo) error {
-	db, err := sql.Open("sqlite", "file:"+s.sqlitePath()+"?_pragma=busy_timeout(5000)")
+	db, err := s.openSQLite()
 	if err != nil {
 		return err
 	}
@@ -353,6 +356,65 @@ func (s *suite) checkSQLite(ctx context.Context, table string, li *logInfo) erro
 		return err
 	}
 	return compareRows(li, rows)
+}
+
+func (s *suite) openSQLite() (*sql.DB, error) {
+	return sql.Open("sqlite", "file:"+s.sqlitePath()+"?_pragma=busy_timeout(5000)")
+}
+
+// checkCheckpointRow: a SQL destination's own row in _sluice_checkpoints —
+// keyed by pipeline and destination, since destination names are unique
+// only within a pipeline (DESIGN §4, Invariant 5) — is at the head. A
+// table keyed by destination alone gives pipelines whose destinations share
+// a name one row, whose epoch each refuses the other's batches by.
+func (s *suite) checkCheckpointRow(ctx context.Context, pipeline string, d destSpec, li *logInfo) error {
+	if li == nil {
+		return fmt.Errorf("no log")
+	}
+	// One row of a query, in the destination's database.
+	var queryRow func(q string, args []any, dest ...any) error
+	columns := `SELECT count(*) FROM information_schema.columns WHERE table_name = '_sluice_checkpoints' AND column_name = 'pipeline'`
+	if d.kind == kindPostgres {
+		conn, err := pgx.Connect(ctx, s.pg.dsn())
+		if err != nil {
+			return err
+		}
+		defer conn.Close(context.Background())
+		queryRow = func(q string, args []any, dest ...any) error { return conn.QueryRow(ctx, q, args...).Scan(dest...) }
+	} else {
+		db, err := s.openSQLite()
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		queryRow = func(q string, args []any, dest ...any) error {
+			return db.QueryRowContext(ctx, q, args...).Scan(dest...)
+		}
+		columns = `SELECT count(*) FROM pragma_table_info('_sluice_checkpoints') WHERE name = 'pipeline'`
+	}
+	var n int
+	if err := queryRow(columns, nil, &n); err != nil {
+		return err
+	}
+	q, args, keyed := `SELECT "seq", "epoch" FROM "_sluice_checkpoints" WHERE "pipeline" = $1 AND "destination" = $2`, []any{pipeline, d.name}, "(pipeline, destination)"
+	if n == 0 {
+		q, args, keyed = `SELECT "seq", "epoch" FROM "_sluice_checkpoints" WHERE "destination" = $1`, []any{d.name}, "destination alone"
+	}
+	if d.kind == kindSQLite {
+		q = strings.NewReplacer("$1", "?", "$2", "?").Replace(q)
+	}
+	var seq, epoch int64
+	if err := queryRow(q, args, &seq, &epoch); err != nil {
+		return fmt.Errorf("the row of %s/%s (keyed by %s): %w", pipeline, d.name, keyed, err)
+	}
+	if seq != li.head {
+		shared := ""
+		if n == 0 {
+			shared = fmt.Sprintf("; the table is keyed by destination alone, so every pipeline's %q shares this row", d.name)
+		}
+		return fmt.Errorf("the row of %s/%s holds seq %d (epoch %d), the head is %d%s", pipeline, d.name, seq, epoch, li.head, shared)
+	}
+	return nil
 }
 
 func checkHTTPComplete(li *logInfo, bySeq map[int64][]delivery) error {

@@ -73,7 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (Options, error) {
 	fs := flag.NewFlagSet("sluice-chaos", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Int64Var(&o.Seed, "seed", 0, "seed of the fault schedule (0: pick one from the clock; it is printed)")
-	fs.DurationVar(&o.Duration, "duration", 0, "length of the fault phase (default 8m, with --short 110s)")
+	fs.DurationVar(&o.Duration, "duration", 0, "length of the fault phase (default 8m, with --short 100s)")
 	fs.BoolVar(&o.Short, "short", false, "the short version for make test: a 10,000-item list, ≥ 10 kills, a 20 s PostgreSQL outage, 30 s of receiver failures, one Azurite restart, a quiet 410, one replay")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the temporary directory (logs of every process, Azurite and PostgreSQL data)")
 	fs.BoolVar(&o.Verbose, "v", false, "print every event of the schedule as it happens")

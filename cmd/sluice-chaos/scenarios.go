@@ -101,6 +101,9 @@ func (s *suite) admitKill(ctx context.Context) (breakLeases, held bool) {
 func (s *suite) quietExpire(ctx context.Context, e event) {
 	end := s.beginQuiet()
 	defer end()
+	// Kills are held from now on; what killed processes still hold would
+	// keep pipelines from catching up for up to 30 s.
+	s.breakLeases()
 	if err := s.sim.admin(ctx, "POST", "/_sim/knobs", quietKnobs(), nil); err != nil {
 		s.faultErr("quiet 410: %v", err)
 		return

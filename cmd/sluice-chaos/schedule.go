@@ -139,27 +139,29 @@ func makePlan(seed int64, short bool, phase time.Duration) plan {
 	// resync rounds (Wait); what would change the list meanwhile, and
 	// kills past the first two, wait for them instead.
 	if short {
+		// In this order, so that the quiet 410 holds back as little as
+		// possible: outages and Azurite first, the quiet 410, the replay.
 		p.items, p.churnEvery = 10000, 400*time.Millisecond
 		p.pgOutage, p.recvFail = 20*time.Second, 30*time.Second
 		pg := at(0.08, 0.14)
 		add(event{At: pg, Kind: evPGStop})
 		add(event{At: pg + p.pgOutage, Kind: evPGStart})
-		r := at(0.14, 0.20)
+		r := at(0.12, 0.18)
 		add(event{At: r, Kind: evRecv500})
 		add(event{At: r + p.recvFail/2, Kind: evRecv429, Retry: "2"})
 		add(event{At: r + p.recvFail, Kind: evRecvOK})
 		// Throttled early: backing off without a Retry-After takes up to
 		// 30 s, which the quiet 410's resync cannot spare.
-		t := at(0.10, 0.14)
+		t := at(0.08, 0.12)
 		add(event{At: t, Kind: evThrottle, N: 12, Status: 429, Retry: "1"})
 		add(event{At: t, Kind: evThrottle, N: 6, Status: 503, Retry: "1.5"})
 		add(event{At: t, Kind: evThrottle, N: 3, Status: 429, Retry: ""})
-		add(event{At: at(0.28, 0.32), Kind: evQuietExpire, Delay: 30 * time.Second, Wait: 50 * time.Second})
-		add(event{At: at(0.45, 0.55), Kind: evAzurite, Delay: 3 * time.Second})
-		add(event{At: at(0.62, 0.70), Kind: evReplay, N: 300, Frac: 0.2 + 0.6*rng.Float64()})
-		add(event{At: at(0.85, 0.90), Kind: evExpire})
 		add(event{At: at(0.05, 0.10), Kind: evGarbage})
-		add(event{At: at(0.20, 0.26), Kind: evBurst, N: 300})
+		add(event{At: at(0.12, 0.16), Kind: evBurst, N: 300})
+		add(event{At: at(0.16, 0.22), Kind: evAzurite, Delay: 3 * time.Second})
+		add(event{At: at(0.26, 0.30), Kind: evQuietExpire, Delay: 20 * time.Second, Wait: 45 * time.Second})
+		add(event{At: at(0.72, 0.78), Kind: evReplay, N: 300, Frac: 0.2 + 0.6*rng.Float64()})
+		add(event{At: at(0.85, 0.90), Kind: evExpire})
 	} else {
 		p.items, p.churnEvery = 20000, 500*time.Millisecond
 		p.pgOutage, p.recvFail = 60*time.Second, 120*time.Second
