@@ -9,7 +9,10 @@
 // client with.
 //
 //	graphsim --addr 127.0.0.1:0 --token t --site contoso.sharepoint.com:/sites/ops \
-//	    --list Orders --items 500 --churn 3s --seed 1
+//	    --list Orders --items 500 --churn 3s --seed 1 --page-delay 500ms --page-jitter 1.5s
+//
+// --page-delay and --page-jitter set the list's initial PageDelay and
+// PageJitter knobs; POST /_sim/knobs replaces all knobs, latency included.
 package main
 
 import (
@@ -63,9 +66,14 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	lifetime := fs.Duration("token-lifetime", 0, "refuse delta tokens older than this with 410 (0: never)")
 	ruPerMinute := fs.Int("ru-per-minute", 0, "resource-unit budget per minute; over it, 429 (0: unlimited)")
 	pageSize := fs.Int("page-size", 0, "default page size without $top (default 200)")
+	pageDelay := fs.Duration("page-delay", 0, "latency of every delta page, as real Graph has (0.5-2s is common; 0: answer at once)")
+	pageJitter := fs.Duration("page-jitter", 0, "random extra latency per delta page, uniform in [0, this)")
 	debug := fs.Bool("debug", false, "log every request")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *pageDelay < 0 || *pageJitter < 0 {
+		return fmt.Errorf("--page-delay and --page-jitter must not be negative")
 	}
 	host, path, ok := strings.Cut(*siteRef, ":")
 	if !ok || host == "" || !strings.HasPrefix(path, "/") {
@@ -91,6 +99,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	})
 	list := sim.AddList(host, path, *listName)
 	list.Populate(*items, *seed)
+	list.SetKnobs(graphsim.Knobs{PageDelay: *pageDelay, PageJitter: *pageJitter})
 
 	mux := http.NewServeMux()
 	mux.Handle("/v1.0/", sim)
@@ -140,6 +149,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		"list", list.Name(),
 		"list_id", list.ID(),
 		"items", list.Len(),
+		"page_delay", pageDelay.String(),
+		"page_jitter", pageJitter.String(),
 		"tls", *useTLS,
 	)
 

@@ -86,3 +86,62 @@ func TestRunRejectsBadSite(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+func TestRunPageLatencyFlags(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--addr", "127.0.0.1:0", "--token", "tok", "--items", "5",
+			"--page-delay", "200ms", "--page-jitter", "100ms"}, pw)
+		pw.Close()
+	}()
+	lines := bufio.NewScanner(pr)
+	if !lines.Scan() {
+		t.Fatal("no output")
+	}
+	var first struct {
+		GraphURL string `json:"graph_url"`
+		URL      string `json:"url"`
+	}
+	if err := json.Unmarshal(lines.Bytes(), &first); err != nil || first.GraphURL == "" {
+		t.Fatalf("first line %q: %v", lines.Text(), err)
+	}
+	go io.Copy(io.Discard, pr)
+
+	req, _ := http.NewRequest("GET", first.GraphURL+"/sites/contoso.sharepoint.com:/sites/ops:/lists/Orders/items/delta", nil)
+	req.Header.Set("Authorization", "Bearer tok")
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if took := time.Since(start); resp.StatusCode != 200 || took < 200*time.Millisecond {
+		t.Fatalf("delta page: %d in %v, want 200 after at least 200ms", resp.StatusCode, took)
+	}
+	resp, err = http.Get(first.URL + "/_sim/knobs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var knobs map[string]any
+	json.NewDecoder(resp.Body).Decode(&knobs)
+	resp.Body.Close()
+	if knobs["pageDelay"] != "200ms" || knobs["pageJitter"] != "100ms" {
+		t.Fatalf("knobs %v: want the flags' page latency", knobs)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+}
+
+func TestRunRejectsNegativeLatency(t *testing.T) {
+	t.Parallel()
+	err := run(context.Background(), []string{"--page-delay", "-1s"}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "must not be negative") {
+		t.Fatalf("err = %v", err)
+	}
+}

@@ -23,6 +23,9 @@ type Options struct {
 	Keep     bool
 	Verbose  bool
 	Root     string
+	// Bin holds sluice and graphsim binaries built already (see
+	// buildBinaries); empty: the run builds them first.
+	Bin string
 }
 
 // Report is what a run found.
@@ -33,19 +36,15 @@ type Report struct {
 }
 
 const (
-	pipelineName  = "orders"
 	graphToken    = "chaos-token"
 	hookSecret    = "chaos-secret"
 	container     = "chaos"
 	writeQueue    = "sluice-write"
 	poisonQueue   = "sluice-write-poison"
 	readSchedule  = "*/3 * * * * *"
-	tableName     = "orders"
 	maxDequeue    = 5 // host.json extensions.queues.maxDequeueCount
 	sluiceTimeout = 3 * time.Minute
 )
-
-var destinations = []string{"pg", "lite", "hook"}
 
 // counters are the counts the suite prints.
 type counters struct {
@@ -67,6 +66,11 @@ type counters struct {
 	oneshots        map[string]int
 	faultErrors     []string
 	leaseBreaks     int
+	replays         int      // destinations replayed
+	quietExpiries   int      // 410s injected while the list was quiet
+	quietNotes      []string // what each quiet 410 did
+	burstsHeld      int      // bursts that waited for a quiet 410 to end
+	killsHeld       int      // kills that waited for a quiet 410 to end
 }
 
 type suite struct {
@@ -95,6 +99,11 @@ type suite struct {
 	garbage map[string]bool // texts of the undecodable messages we sent
 
 	churnStop atomic.Bool
+	// quiet is set during a quiet 410 and closed at its end: churn,
+	// bursts and kills past quietKills wait for it.
+	quietMu    sync.Mutex
+	quiet      chan struct{}
+	quietKills int // kills let through during this quiet 410
 }
 
 // Run runs the suite; the report is nil only when it could not start.
@@ -105,7 +114,7 @@ func Run(ctx context.Context, o Options, out io.Writer) (rep *Report, err error)
 	if o.Duration == 0 {
 		o.Duration = 8 * time.Minute
 		if o.Short {
-			o.Duration = 80 * time.Second
+			o.Duration = 100 * time.Second
 		}
 	}
 	s := &suite{o: o, out: out, ps: newProcSet(), begin: time.Now(), garbage: map[string]bool{},
@@ -210,15 +219,17 @@ func (s *suite) cleanup() {
 
 // setup builds the binaries and starts the services.
 func (s *suite) setup(ctx context.Context) error {
-	s.bin = filepath.Join(s.dir, "bin")
-	if err := os.MkdirAll(s.bin, 0o755); err != nil {
-		return err
+	if s.bin = s.o.Bin; s.bin == "" {
+		s.bin = filepath.Join(s.dir, "bin")
+		if err := os.MkdirAll(s.bin, 0o755); err != nil {
+			return err
+		}
+		start := time.Now()
+		if err := buildBinaries(ctx, s.root, s.bin); err != nil {
+			return err
+		}
+		s.logf("built sluice and graphsim in %v", time.Since(start).Round(100*time.Millisecond))
 	}
-	start := time.Now()
-	if err := buildBinaries(ctx, s.root, s.bin); err != nil {
-		return err
-	}
-	s.logf("built sluice and graphsim in %v", time.Since(start).Round(100*time.Millisecond))
 
 	// Azurite on ports we choose, so that a restart gets the same ones.
 	azBin := filepath.Join(s.root, "node_modules", ".bin", "azurite")
@@ -261,60 +272,48 @@ func (s *suite) setup(ctx context.Context) error {
 	if s.sim, err = startGraphsim(ctx, s.ps, filepath.Join(s.bin, "graphsim"), s.dir, s.plan.items, s.o.Seed); err != nil {
 		return err
 	}
-	// Graph's awkward but legal habits, all along the fault phase.
-	if err := s.sim.admin(ctx, "POST", "/_sim/knobs", map[string]any{
-		"duplicateRate": 0.05, "shuffle": true, "shortPages": true, "emptyPageEvery": 7,
-		"mutatePerPage": map[string]int{"edits": 1},
-	}, nil); err != nil {
-		return err
-	}
 	if s.recv, err = startReceiver(hookSecret); err != nil {
 		return err
 	}
 
 	s.cfg = filepath.Join(s.dir, "chaos.yaml")
-	cfg := fmt.Sprintf(`# written by sluice-chaos
-storage:
-  container: %s
-pipelines:
-  - name: %s
-    source:
-      type: sharepoint
-      site: contoso.sharepoint.com:/sites/ops
-      list: Orders
-      graph_url: %q
-      auth: {type: bearer, token: %q}
-    destinations:
-      - name: pg
-        type: sql
-        driver: postgres
-        dsn: %q
-        table: %s
-        batch_size: 250
-      - name: lite
-        type: sql
-        driver: sqlite
-        dsn: %q
-        table: %s
-        batch_size: 250
-      - name: hook
-        type: http
-        url: %q
-        batch_size: 50
-        timeout: 10s
-        secret: %q
-`, container, pipelineName, s.sim.graphURL, graphToken, s.pg.dsn(), tableName,
-		"file:"+filepath.Join(s.dir, "orders.db"), tableName, s.recv.url, hookSecret)
-	if err := os.WriteFile(s.cfg, []byte(cfg), 0o644); err != nil {
+	if err := os.WriteFile(s.cfg, []byte(s.config()), 0o644); err != nil {
 		return err
 	}
 	s.env = sluiceEnv(s.az.connString(), s.cfg)
 	if out, code := s.sluice(ctx, "validate"); code != 0 {
 		return fmt.Errorf("sluice validate: %s", out)
 	}
-	s.logf("services up: Azurite blob :%d queue :%d, PostgreSQL :%d, graphsim %s (%d items), receiver %s; work dir %s",
-		s.az.blobPort, s.az.queuePort, s.pg.port, s.sim.url, s.plan.items, s.recv.url, s.dir)
+	s.logf("services up: Azurite blob :%d queue :%d, PostgreSQL :%d, graphsim %s (%d items), receiver %s; pipelines %s; work dir %s",
+		s.az.blobPort, s.az.queuePort, s.pg.port, s.sim.url, s.plan.items, s.recv.url, strings.Join(pipelineNames(), ", "), s.dir)
+	// The first load of the big list, before any fault and at full speed:
+	// at Graph's pace and under the kills it would take most of the fault
+	// phase (a reader commits every 10 s, and a kill loses what was read
+	// since the last commit). The phase starts from logs that hold the
+	// list, to be drained, read incrementally and resynced.
+	start := time.Now()
+	out, code := s.sluice(ctx, "read")
+	_, heads, ok := parseRead(out)
+	if code != 0 || !ok {
+		return fmt.Errorf("first load (sluice read, exit %d): %s", code, tailString(out, 2000))
+	}
+	// Graph's awkward but legal habits and its latency, all along the
+	// fault phase.
+	if err := s.sim.admin(ctx, "POST", "/_sim/knobs", phaseKnobs, nil); err != nil {
+		return err
+	}
+	s.logf("first load: heads %v in %v; from now on pages take %s plus up to %s", heads,
+		time.Since(start).Round(100*time.Millisecond), phaseKnobs["pageDelay"], phaseKnobs["pageJitter"])
 	return nil
+}
+
+// phaseKnobs are the simulator's knobs during the fault phase: Graph's
+// awkward but legal habits, and its latency — pages of 0.3 to 1.5 s, as
+// real Graph serves list items (0.5–2 s per page is common).
+var phaseKnobs = map[string]any{
+	"duplicateRate": 0.05, "shuffle": true, "shortPages": true, "emptyPageEvery": 7,
+	"mutatePerPage": map[string]int{"edits": 1},
+	"pageDelay":     "300ms", "pageJitter": "1200ms",
 }
 
 // sluiceEnv is our environment without any storage or sluice settings of
@@ -420,10 +419,19 @@ func (s *suite) faultPhase(ctx context.Context) error {
 	s.logf("fault phase over: stopping churn, the one-shot runner and both hosts (SIGTERM)")
 	s.churnStop.Store(true)
 	<-churnDone
-	s.oneshot.stop()
-	for _, r := range s.runs {
-		r.stop()
+	// Plain pages again, at once: a host lets its running invocations end
+	// (up to 30 s), and a read in a full round at Graph's pace would use
+	// all of it.
+	if err := s.sim.admin(ctx, "POST", "/_sim/knobs", map[string]any{}, nil); err != nil {
+		return err
 	}
+	// All at once: each may take a while to finish its page and commit.
+	var stops sync.WaitGroup
+	stops.Go(s.oneshot.stop)
+	for _, r := range s.runs {
+		stops.Go(r.stop)
+	}
+	stops.Wait()
 	cancel()
 	wg.Wait()
 	// No sluice process is alive now: what killed ones still hold would

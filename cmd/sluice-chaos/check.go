@@ -7,15 +7,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	_ "modernc.org/sqlite" // database/sql driver "sqlite", to read the SQLite destination
+	_ "modernc.org/sqlite" // database/sql driver "sqlite", to read the SQLite destinations
 
 	"github.com/sluicehq/sluice/internal/azstore"
 	"github.com/sluicehq/sluice/internal/changelog"
@@ -51,28 +51,55 @@ func (s *suite) check(ctx context.Context) *Report {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 
-	li, scanErr := s.scanLog(ctx)
+	logs := map[string]*logInfo{}
+	scanErrs := map[string]error{}
+	for _, p := range pipelines {
+		logs[p.name], scanErrs[p.name] = s.scanLog(ctx, p.name)
+	}
 	snap, snapErr := s.sim.snapshot(ctx)
-	bySeq, events, posts, answered, violations := s.recv.stats()
+	dels, delErr := s.sim.deletions(ctx)
+	recv := s.recv.stats()
 	poison, poisonErr := s.drainPoison(ctx)
 
-	s.printCounts(li, snap, events, posts, answered, poison)
+	s.printCounts(logs, snap, recv, poison)
 
-	result("log is gap-free (changelog.Scan 1..head)", scanErr)
-	if li == nil {
-		result("log folds to the simulator's list", fmt.Errorf("no log to fold"))
-	} else if snapErr != nil {
-		result("log folds to the simulator's list", snapErr)
-	} else {
-		result("log folds to the simulator's list", compareSnapshot(li, snap))
+	for _, p := range pipelines {
+		li := logs[p.name]
+		check := func(name string, err error) { result(p.name+": "+name, err) }
+		check("log is gap-free (changelog.Scan 1..head)", scanErrs[p.name])
+		switch {
+		case li == nil:
+			check("log folds to the simulator's list", fmt.Errorf("no log to fold"))
+			check("log never deletes an item that exists", fmt.Errorf("no log"))
+		case snapErr != nil:
+			check("log folds to the simulator's list", snapErr)
+			check("log never deletes an item that exists", snapErr)
+		case delErr != nil:
+			check("log folds to the simulator's list", compareSnapshot(li, snap))
+			check("log never deletes an item that exists", delErr)
+		default:
+			check("log folds to the simulator's list", compareSnapshot(li, snap))
+			check("log never deletes an item that exists", checkDeletes(li, snap, dels))
+		}
+		check("log ts never goes backwards", checkTS(li))
+		for _, d := range p.dests {
+			switch d.kind {
+			case kindPostgres:
+				check(fmt.Sprintf("%s: postgres table %s equals the folded log (ids, _sluice_seq)", d.name, d.table), s.checkPostgres(ctx, d.table, li))
+				check(d.name+": its own _sluice_checkpoints row is at the head", s.checkCheckpointRow(ctx, p.name, d, li))
+			case kindSQLite:
+				check(fmt.Sprintf("%s: sqlite table %s equals the folded log (ids, _sluice_seq)", d.name, d.table), s.checkSQLite(ctx, d.table, li))
+				check(d.name+": its own _sluice_checkpoints row is at the head", s.checkCheckpointRow(ctx, p.name, d, li))
+			case kindHTTP:
+				bySeq := recv.got[p.name].bySeq
+				check(d.name+": http received every seq at least once", checkHTTPComplete(li, bySeq))
+				check(d.name+": http event ids say seq and generation, repeats keep them, all match the log",
+					s.checkHTTPIDs(ctx, p.name, d.name, li, bySeq))
+			}
+		}
+		check("checkpoints at the head, nothing dead-lettered or halted", s.checkCheckpoints(ctx, p, li))
 	}
-	result("log ts never goes backwards", checkTS(li))
-	result("postgres table equals the folded log (ids, _sluice_seq)", s.checkPostgres(ctx, li))
-	result("sqlite table equals the folded log (ids, _sluice_seq)", s.checkSQLite(ctx, li))
-	result("http received every seq at least once", checkHTTPComplete(li, bySeq))
-	result("http repeats carry the same event ids, matching the log", s.checkHTTPIDs(ctx, li, bySeq))
-	result("http requests well-formed and signed", listErr(violations))
-	result("checkpoints at the head, nothing dead-lettered or halted", s.checkCheckpoints(ctx, li))
+	result("http requests well-formed and signed", listErr(recv.bad))
 	result("poison queue holds nothing that lost data", s.checkPoison(ctx, poison, poisonErr))
 	result("fault schedule carried out", s.checkFaults())
 
@@ -87,9 +114,9 @@ func (rep *Report) print(w io.Writer) {
 	fmt.Fprintf(w, "%d passed, %d failed\n", rep.Passed, rep.Failed)
 }
 
-// scanLog reads the whole committed log.
-func (s *suite) scanLog(ctx context.Context) (*logInfo, error) {
-	lg := changelog.New(s.st, pipelineName, changelog.Options{})
+// scanLog reads a pipeline's whole committed log.
+func (s *suite) scanLog(ctx context.Context, pipeline string) (*logInfo, error) {
+	lg := changelog.New(s.st, pipeline, changelog.Options{})
 	st, err := lg.LoadState(ctx)
 	if err != nil {
 		return nil, err
@@ -122,6 +149,53 @@ func (s *suite) scanLog(ctx context.Context) (*logInfo, error) {
 		}
 	}
 	return li, nil
+}
+
+// checkDeletes: every delete in the log is of an item the list had
+// deleted by the time the record was captured (the simulator keeps every
+// delete); a delete of an item that was never deleted, or not yet, is a
+// false delete — destinations dropped a row that exists. The suite never
+// restores a deleted item, so an item's first delete is its only one.
+func checkDeletes(li *logInfo, snap *snapshot, dels []deletion) error {
+	deletedAt := map[string]time.Time{} // first delete of each item
+	for _, d := range dels {
+		k := strconv.Itoa(d.ID)
+		if t, ok := deletedAt[k]; !ok || d.At.Before(t) {
+			deletedAt[k] = d.At
+		}
+	}
+	var samples []string
+	total, never, early := 0, 0, 0
+	liveKeys := map[string]bool{}
+	for _, r := range li.records[1:] {
+		if r.Op != changelog.OpDelete {
+			continue
+		}
+		total++
+		at, ok := deletedAt[r.Key]
+		switch {
+		case !ok:
+			never++
+			_, live := snap.Items[r.Key]
+			if live {
+				liveKeys[r.Key] = true
+			}
+			if len(samples) < 5 {
+				samples = append(samples, fmt.Sprintf("seq %d deletes item %s, which the list never deleted (live now: %v)", r.Seq, r.Key, live))
+			}
+		case at.Truncate(time.Millisecond).After(r.TS):
+			early++
+			if len(samples) < 5 {
+				samples = append(samples, fmt.Sprintf("seq %d (ts %s) deletes item %s, which the list deleted only at %s",
+					r.Seq, r.TS.Format(time.RFC3339Nano), r.Key, at.Format(time.RFC3339Nano)))
+			}
+		}
+	}
+	if never+early == 0 {
+		return nil
+	}
+	return fmt.Errorf("%d of %d deletes in the log are of items that existed: %d never deleted in the list (%d distinct items live in it now), %d deleted only later; %s",
+		never+early, total, never, len(liveKeys), early, strings.Join(samples, "; "))
 }
 
 func checkTS(li *logInfo) error {
@@ -233,13 +307,13 @@ func compareRows(li *logInfo, rows map[string]int64) error {
 		len(rows), len(li.live), missing, extra, wrong, strings.Join(diffs, "; "))
 }
 
-func (s *suite) checkPostgres(ctx context.Context, li *logInfo) error {
+func (s *suite) checkPostgres(ctx context.Context, table string, li *logInfo) error {
 	conn, err := pgx.Connect(ctx, s.pg.dsn())
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.Background())
-	rs, err := conn.Query(ctx, fmt.Sprintf(`SELECT "id", "_sluice_seq" FROM %q`, tableName))
+	rs, err := conn.Query(ctx, fmt.Sprintf(`SELECT "id", "_sluice_seq" FROM %q`, table))
 	if err != nil {
 		return err
 	}
@@ -258,13 +332,13 @@ func (s *suite) checkPostgres(ctx context.Context, li *logInfo) error {
 	return compareRows(li, rows)
 }
 
-func (s *suite) checkSQLite(ctx context.Context, li *logInfo) error {
-	db, err := sql.Open("sqlite", "file:"+filepath.Join(s.dir, "orders.db")+"?_pragma=busy_timeout(5000)")
+func (s *suite) checkSQLite(ctx context.Context, table string, li *logInfo) error {
+	db, err := s.openSQLite()
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	rs, err := db.QueryContext(ctx, fmt.Sprintf(`SELECT "id", "_sluice_seq" FROM %q`, tableName))
+	rs, err := db.QueryContext(ctx, fmt.Sprintf(`SELECT "id", "_sluice_seq" FROM %q`, table))
 	if err != nil {
 		return err
 	}
@@ -282,6 +356,65 @@ func (s *suite) checkSQLite(ctx context.Context, li *logInfo) error {
 		return err
 	}
 	return compareRows(li, rows)
+}
+
+func (s *suite) openSQLite() (*sql.DB, error) {
+	return sql.Open("sqlite", "file:"+s.sqlitePath()+"?_pragma=busy_timeout(5000)")
+}
+
+// checkCheckpointRow: a SQL destination's own row in _sluice_checkpoints —
+// keyed by pipeline and destination, since destination names are unique
+// only within a pipeline (DESIGN §4, Invariant 5) — is at the head. A
+// table keyed by destination alone gives pipelines whose destinations share
+// a name one row, whose epoch each refuses the other's batches by.
+func (s *suite) checkCheckpointRow(ctx context.Context, pipeline string, d destSpec, li *logInfo) error {
+	if li == nil {
+		return fmt.Errorf("no log")
+	}
+	// One row of a query, in the destination's database.
+	var queryRow func(q string, args []any, dest ...any) error
+	columns := `SELECT count(*) FROM information_schema.columns WHERE table_name = '_sluice_checkpoints' AND column_name = 'pipeline'`
+	if d.kind == kindPostgres {
+		conn, err := pgx.Connect(ctx, s.pg.dsn())
+		if err != nil {
+			return err
+		}
+		defer conn.Close(context.Background())
+		queryRow = func(q string, args []any, dest ...any) error { return conn.QueryRow(ctx, q, args...).Scan(dest...) }
+	} else {
+		db, err := s.openSQLite()
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		queryRow = func(q string, args []any, dest ...any) error {
+			return db.QueryRowContext(ctx, q, args...).Scan(dest...)
+		}
+		columns = `SELECT count(*) FROM pragma_table_info('_sluice_checkpoints') WHERE name = 'pipeline'`
+	}
+	var n int
+	if err := queryRow(columns, nil, &n); err != nil {
+		return err
+	}
+	q, args, keyed := `SELECT "seq", "epoch" FROM "_sluice_checkpoints" WHERE "pipeline" = $1 AND "destination" = $2`, []any{pipeline, d.name}, "(pipeline, destination)"
+	if n == 0 {
+		q, args, keyed = `SELECT "seq", "epoch" FROM "_sluice_checkpoints" WHERE "destination" = $1`, []any{d.name}, "destination alone"
+	}
+	if d.kind == kindSQLite {
+		q = strings.NewReplacer("$1", "?", "$2", "?").Replace(q)
+	}
+	var seq, epoch int64
+	if err := queryRow(q, args, &seq, &epoch); err != nil {
+		return fmt.Errorf("the row of %s/%s (keyed by %s): %w", pipeline, d.name, keyed, err)
+	}
+	if seq != li.head {
+		shared := ""
+		if n == 0 {
+			shared = fmt.Sprintf("; the table is keyed by destination alone, so every pipeline's %q shares this row", d.name)
+		}
+		return fmt.Errorf("the row of %s/%s holds seq %d (epoch %d), the head is %d%s", pipeline, d.name, seq, epoch, li.head, shared)
+	}
+	return nil
 }
 
 func checkHTTPComplete(li *logInfo, bySeq map[int64][]delivery) error {
@@ -315,12 +448,14 @@ func head[T any](xs []T, n int) []T {
 }
 
 // checkHTTPIDs: every delivery of a seq has the event id of that seq and
-// the destination's generation, and says what the log says.
-func (s *suite) checkHTTPIDs(ctx context.Context, li *logInfo, bySeq map[int64][]delivery) error {
+// of the generation it says (no later than the destination's), repeats in
+// a generation keep their id, and each says what the log says; after a
+// replay, every seq from where it began came again in its generation.
+func (s *suite) checkHTTPIDs(ctx context.Context, pipeline, dest string, li *logInfo, bySeq map[int64][]delivery) error {
 	if li == nil {
 		return fmt.Errorf("no log")
 	}
-	cp, err := checkpoint.Load(ctx, s.st, pipelineName, "hook")
+	cp, err := checkpoint.Load(ctx, s.st, pipeline, dest)
 	if err != nil {
 		return err
 	}
@@ -332,28 +467,58 @@ func (s *suite) checkHTTPIDs(ctx context.Context, li *logInfo, bySeq map[int64][
 		}
 		r := li.records[seq]
 		for _, d := range ds {
-			want := fmt.Sprintf("%s-%d", pipelineName, seq)
-			if cp.Generation > 0 {
-				want += fmt.Sprintf(".%d", cp.Generation)
+			g, gerr := strconv.ParseInt(d.Gen, 10, 64)
+			want := fmt.Sprintf("%s-%d", pipeline, seq)
+			if g > 0 {
+				want += fmt.Sprintf(".%d", g)
 			}
 			var problem string
 			switch {
-			case d.ID != ds[0].ID:
-				problem = fmt.Sprintf("repeat has id %q, first delivery %q", d.ID, ds[0].ID)
+			case gerr != nil || g < 0 || g > cp.Generation:
+				problem = fmt.Sprintf("sluicegen %q, the destination is at generation %d", d.Gen, cp.Generation)
 			case d.ID != want:
 				problem = fmt.Sprintf("id %q, want %q", d.ID, want)
 			case d.Subject != r.Key:
 				problem = fmt.Sprintf("subject %q, log key %q", d.Subject, r.Key)
 			case d.Type != "sluice.change."+string(r.Op):
 				problem = fmt.Sprintf("type %q, log op %s", d.Type, r.Op)
-			case d.Gen != strconv.FormatInt(cp.Generation, 10):
-				problem = fmt.Sprintf("sluicegen %q, generation %d", d.Gen, cp.Generation)
 			}
 			if problem != "" {
 				n++
 				if len(bad) < 5 {
 					bad = append(bad, fmt.Sprintf("seq %d: %s", seq, problem))
 				}
+			}
+		}
+	}
+	if cp.Generation > 0 {
+		// The replay that began this generation, from the audit.
+		from := int64(-1)
+		for _, rp := range cp.Replays {
+			if rp.Generation == cp.Generation {
+				from = rp.FromSeq
+			}
+		}
+		gen := strconv.FormatInt(cp.Generation, 10)
+		switch {
+		case from < 0:
+			n++
+			bad = append(bad, fmt.Sprintf("generation %d has no replay in the checkpoint's audit", cp.Generation))
+		default:
+			var missing []int64
+			for seq := max(from, 1); seq <= li.head; seq++ {
+				again := false
+				for _, d := range bySeq[seq] {
+					again = again || d.Gen == gen
+				}
+				if !again {
+					missing = append(missing, seq)
+				}
+			}
+			if len(missing) > 0 {
+				n++
+				bad = append(bad, fmt.Sprintf("the replay from seq %d did not deliver %d seqs as generation %d (first: %v)",
+					from, len(missing), cp.Generation, head(missing, 10)))
 			}
 		}
 	}
@@ -370,13 +535,13 @@ func listErr(problems []string) error {
 	return fmt.Errorf("%d problems: %s", len(problems), strings.Join(head(problems, 5), "; "))
 }
 
-func (s *suite) checkCheckpoints(ctx context.Context, li *logInfo) error {
+func (s *suite) checkCheckpoints(ctx context.Context, p pipeSpec, li *logInfo) error {
 	if li == nil {
 		return fmt.Errorf("no log")
 	}
 	var bad []string
-	for _, d := range destinations {
-		cp, err := checkpoint.Load(ctx, s.st, pipelineName, d)
+	for _, d := range p.destNames() {
+		cp, err := checkpoint.Load(ctx, s.st, p.name, d)
 		if err != nil {
 			return err
 		}
@@ -386,9 +551,9 @@ func (s *suite) checkCheckpoints(ctx context.Context, li *logInfo) error {
 		}
 	}
 	n := 0
-	_ = s.st.List(ctx, pipelineName+"/deadletter/", func(azstore.BlobInfo) error { n++; return nil })
+	_ = s.st.List(ctx, p.name+"/deadletter/", func(azstore.BlobInfo) error { n++; return nil })
 	if n > 0 {
-		bad = append(bad, fmt.Sprintf("%d dead-letter blobs under %s/deadletter/", n, pipelineName))
+		bad = append(bad, fmt.Sprintf("%d dead-letter blobs under %s/deadletter/", n, p.name))
 	}
 	if len(bad) == 0 {
 		return nil
@@ -429,7 +594,7 @@ func (s *suite) drainPoison(ctx context.Context) ([]poisonMsg, error) {
 				pm.kind = "not base64"
 			case json.Unmarshal(data, &w) != nil:
 				pm.kind = "not a JSON object"
-			case w["pipeline"] != pipelineName:
+			case !slices.Contains(pipelineNames(), fmt.Sprint(w["pipeline"])):
 				pm.kind = "unknown pipeline"
 			default:
 				pm.kind, pm.wake = "wake-up", w
@@ -452,24 +617,21 @@ func (s *suite) checkPoison(ctx context.Context, poison []poisonMsg, err error) 
 		if pm.kind != "wake-up" {
 			continue
 		}
+		p, _ := pm.wake["pipeline"].(string)
 		d, _ := pm.wake["destination"].(string)
-		known := false
-		for _, x := range destinations {
-			known = known || x == d
-		}
-		if !known {
+		if !knownDestination(p, d) {
 			continue // the handler completes those; harmless either way
 		}
-		cp, err := checkpoint.Load(ctx, s.st, pipelineName, d)
+		cp, err := checkpoint.Load(ctx, s.st, p, d)
 		if err != nil {
 			return err
 		}
 		h, _ := pm.wake["head"].(float64)
 		if h <= 0 {
-			h = float64(s.headSeen(ctx))
+			h = float64(s.headSeen(ctx, p))
 		}
-		if min(int64(h), s.headSeen(ctx)) > cp.Seq {
-			bad = append(bad, fmt.Sprintf("wake-up %v poisoned and %s is only at %d", pm.wake, d, cp.Seq))
+		if min(int64(h), s.headSeen(ctx, p)) > cp.Seq {
+			bad = append(bad, fmt.Sprintf("wake-up %v poisoned and %s/%s is only at %d", pm.wake, p, d, cp.Seq))
 		}
 	}
 	if len(bad) == 0 {
@@ -478,8 +640,9 @@ func (s *suite) checkPoison(ctx context.Context, poison []poisonMsg, err error) 
 	return fmt.Errorf("%s", strings.Join(head(bad, 5), "; "))
 }
 
-func (s *suite) headSeen(ctx context.Context) int64 {
-	st, err := changelog.New(s.st, pipelineName, changelog.Options{}).LoadState(ctx)
+// headSeen is a pipeline's committed head (0 when unknown).
+func (s *suite) headSeen(ctx context.Context, pipeline string) int64 {
+	st, err := changelog.New(s.st, pipeline, changelog.Options{}).LoadState(ctx)
 	if err != nil {
 		return 0
 	}
@@ -510,6 +673,12 @@ func (s *suite) checkFaults() error {
 	if s.c.expiries < s.countPlanned(evExpire) {
 		bad = append(bad, fmt.Sprintf("%d token expiries of %d", s.c.expiries, s.countPlanned(evExpire)))
 	}
+	if s.c.quietExpiries < s.countPlanned(evQuietExpire) {
+		bad = append(bad, fmt.Sprintf("%d quiet 410s of %d", s.c.quietExpiries, s.countPlanned(evQuietExpire)))
+	}
+	if want := 2 * s.countPlanned(evReplay); s.c.replays < want {
+		bad = append(bad, fmt.Sprintf("%d replays of %d", s.c.replays, want))
+	}
 	if len(s.c.faultErrors) > 0 {
 		bad = append(bad, fmt.Sprintf("%d injection errors: %s", len(s.c.faultErrors), strings.Join(head(s.c.faultErrors, 3), "; ")))
 	}
@@ -519,7 +688,7 @@ func (s *suite) checkFaults() error {
 	return fmt.Errorf("%s", strings.Join(bad, "; "))
 }
 
-func (s *suite) printCounts(li *logInfo, snap *snapshot, events, posts int64, answered map[int]int64, poison []poisonMsg) {
+func (s *suite) printCounts(logs map[string]*logInfo, snap *snapshot, recv recvStats, poison []poisonMsg) {
 	s.mu.Lock()
 	c := s.c
 	s.mu.Unlock()
@@ -541,28 +710,41 @@ func (s *suite) printCounts(li *logInfo, snap *snapshot, events, posts int64, an
 	}
 	w := s.out
 	fmt.Fprintf(w, "---- counts (seed %d)\n", s.o.Seed)
-	fmt.Fprintf(w, "kills:            %d SIGKILLs (%s); %d leases broken\n", kills, strings.Join(kparts, ", "), c.leaseBreaks)
+	fmt.Fprintf(w, "kills:            %d SIGKILLs (%s), %d held for a quiet 410; %d leases broken\n",
+		kills, strings.Join(kparts, ", "), c.killsHeld, c.leaseBreaks)
 	fmt.Fprintf(w, "one-shot runs:    %s\n", strings.Join(oparts, ", "))
 	fmt.Fprintf(w, "own exits:        %d sluice run exits not caused by a kill (restarted)\n", c.unexpectedExits)
 	for _, e := range c.exitSamples {
 		fmt.Fprintf(w, "                    %s\n", e)
 	}
 	fmt.Fprintf(w, "outages:          PostgreSQL %d (%v down); receiver failing %v (answers: %v); Azurite restarts %d (%d mid-drain)\n",
-		c.pgOutages, c.pgDown, c.recvFailing, answered, c.azRestarts, c.azMidDrain)
-	fmt.Fprintf(w, "graph faults:     %d token expiries, %d throttled requests injected, %d churn ticks, %d bursts\n",
-		c.expiries, c.throttles, c.churnCalls, c.bursts)
-	fmt.Fprintf(w, "queue:            %d extra wake-ups (%s); %d garbage messages\n", dupes, strings.Join(dparts, ", "), c.garbage)
-	if li != nil {
-		fmt.Fprintf(w, "records:          %d in the log, %d keys seen, %d live\n", li.head, len(li.fold), len(li.live))
+		c.pgOutages, c.pgDown, c.recvFailing, recv.answered, c.azRestarts, c.azMidDrain)
+	fmt.Fprintf(w, "graph faults:     %d token expiries (%d quiet), %d throttled requests injected, %d churn ticks, %d bursts (%d held for a quiet 410)\n",
+		c.expiries, c.quietExpiries, c.throttles, c.churnCalls, c.bursts, c.burstsHeld)
+	for _, n := range c.quietNotes {
+		fmt.Fprintf(w, "                    %s\n", n)
 	}
+	fmt.Fprintf(w, "replays:          %d (destinations of %s)\n", c.replays, replayed.name)
+	fmt.Fprintf(w, "queue:            %d extra wake-ups (%s); %d garbage messages\n", dupes, strings.Join(dparts, ", "), c.garbage)
 	if snap != nil {
 		fmt.Fprintf(w, "list:             %d live items (simulator seq %d)\n", snap.Count, snap.Seq)
 	}
-	repeats := events
-	if li != nil {
-		repeats = events - li.head
+	for _, p := range pipelines {
+		li := logs[p.name]
+		if li == nil {
+			continue
+		}
+		dels := 0
+		for _, r := range li.records[1:] {
+			if r.Op == changelog.OpDelete {
+				dels++
+			}
+		}
+		got := recv.got[p.name]
+		fmt.Fprintf(w, "%-18s%d records (%d deletes), %d keys seen, %d live; http %d events (%d repeats)\n",
+			p.name+":", li.head, dels, len(li.fold), len(li.live), got.events, got.events-li.head)
 	}
-	fmt.Fprintf(w, "http:             %d events in %d POSTs (%d repeats)\n", events, posts, repeats)
+	fmt.Fprintf(w, "http:             %d POSTs\n", recv.posts)
 	kinds := map[string]int{}
 	for _, p := range poison {
 		kinds[p.kind]++

@@ -24,6 +24,9 @@ func (s *suite) churn(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		if s.isQuiet() {
+			continue // a quiet 410 is under way
+		}
 		body := map[string]any{"adds": rng.IntN(4), "edits": rng.IntN(7), "deletes": rng.IntN(3), "seed": rng.Uint64() >> 1}
 		if err := s.sim.admin(ctx, "POST", "/_sim/churn", body, nil); err != nil && ctx.Err() == nil {
 			s.faultErr("churn: %v", err)
@@ -39,7 +42,19 @@ func (s *suite) churn(ctx context.Context) {
 func (s *suite) apply(ctx context.Context, e event) {
 	switch e.Kind {
 	case evKill:
-		s.kill(e)
+		brk, held := s.admitKill(ctx)
+		if held {
+			s.mu.Lock()
+			s.c.killsHeld++
+			s.mu.Unlock()
+			// Spread the kills a quiet 410 held over the next 10 s
+			// rather than firing them all at once.
+			sleepCtx(ctx, e.At%(10*time.Second))
+		}
+		e.Break = e.Break || brk
+		if ctx.Err() == nil {
+			s.kill(e)
+		}
 	case evPGStop:
 		s.burst(ctx, 200)
 		s.logf("PostgreSQL down for %v", s.plan.pgOutage)
@@ -76,6 +91,7 @@ func (s *suite) apply(ctx context.Context, e event) {
 	case evAzurite:
 		s.restartAzurite(ctx, e)
 	case evExpire:
+		s.waitQuiet(ctx) // not in the middle of a quiet 410's resync
 		if err := s.sim.admin(ctx, "POST", "/_sim/expire", nil, nil); err != nil {
 			s.faultErr("%v", err)
 			return
@@ -101,10 +117,21 @@ func (s *suite) apply(ctx context.Context, e event) {
 		s.sendGarbage(ctx)
 	case evBurst:
 		s.burst(ctx, e.N)
+	case evQuietExpire:
+		s.quietExpire(ctx, e)
+	case evReplay:
+		s.replay(ctx, e)
 	}
 }
 
+// burst makes many changes at once; during a quiet 410 it waits for the
+// resync to end first.
 func (s *suite) burst(ctx context.Context, edits int) {
+	if s.waitQuiet(ctx) {
+		s.mu.Lock()
+		s.c.burstsHeld++
+		s.mu.Unlock()
+	}
 	if err := s.sim.admin(ctx, "POST", "/_sim/churn", map[string]any{"adds": edits / 10, "edits": edits, "deletes": edits / 20, "seed": 1}, nil); err != nil {
 		s.faultErr("churn burst: %v", err)
 		return
@@ -156,11 +183,14 @@ func (s *suite) kill(e event) {
 	s.vlogf("SIGKILL %s, restart in %v%s", killed, e.Delay.Round(10*time.Millisecond), what)
 }
 
-// leaseNames are the leases of the pipeline and the host's timer.
+// leaseNames are the leases of the pipelines and the host's timer.
 func leaseNames() []string {
-	names := []string{pipelineName + "/lock/read", "devhost/timers/read.lock"}
-	for _, d := range destinations {
-		names = append(names, pipelineName+"/lock/"+d)
+	names := []string{"devhost/timers/read.lock"}
+	for _, p := range pipelines {
+		names = append(names, p.name+"/lock/read")
+		for _, d := range p.dests {
+			names = append(names, p.name+"/lock/"+d.name)
+		}
 	}
 	return names
 }
@@ -185,29 +215,8 @@ func (s *suite) breakLeases() int {
 // stops Azurite while they drain, keeps it down for e.Delay, and starts it
 // again on the same ports with the same data.
 func (s *suite) restartAzurite(ctx context.Context, e event) {
-	before := s.headSeen(ctx)
 	s.burst(ctx, 1500)
-	// Wait for a read to log the burst and the writers to start on it,
-	// and pull the plug while they are at it.
-	var moved time.Time
-	for end := time.Now().Add(20 * time.Second); time.Now().Before(end) && ctx.Err() == nil; time.Sleep(100 * time.Millisecond) {
-		head, cps := s.positions(ctx)
-		if head <= before {
-			continue
-		}
-		if moved.IsZero() {
-			moved = time.Now()
-		}
-		// A checkpoint past the old head and short of the new one is a
-		// drain at work; after 3 s, any destination behind will do.
-		draining := false
-		for _, cp := range cps {
-			draining = draining || (cp > before && cp < head) || (time.Since(moved) > 3*time.Second && cp < head)
-		}
-		if draining {
-			break
-		}
-	}
+	s.waitDraining(ctx, 20*time.Second)
 	lag := s.lagLine(ctx)
 	mid := strings.Contains(lag, "behind")
 	if mid {
@@ -215,7 +224,7 @@ func (s *suite) restartAzurite(ctx context.Context, e event) {
 	}
 	s.logf("Azurite stopped (SIGTERM, data kept) for %v; %s", e.Delay.Round(100*time.Millisecond), lag)
 	if !s.az.stop() {
-		s.faultErr("Azurite did not stop within 30 s and was killed: its last writes may be lost (not sluice's fault)")
+		s.faultErr("Azurite did not stop within 60 s and was killed: its last writes may be lost (not sluice's fault)")
 		s.mu.Lock()
 		s.c.azKilled++
 		s.mu.Unlock()
@@ -234,46 +243,87 @@ func (s *suite) restartAzurite(ctx context.Context, e event) {
 	s.logf("Azurite up again")
 }
 
-// positions are the committed head and the destinations' checkpoints
-// (-1 where unknown).
-func (s *suite) positions(ctx context.Context) (int64, []int64) {
-	head := s.headSeen(ctx)
-	var cps []int64
-	for _, d := range destinations {
-		cp, err := checkpoint.Load(ctx, s.st, pipelineName, d)
-		if err != nil {
-			cps = append(cps, -1)
-			continue
+// waitDraining waits (at most limit) until a read has logged something
+// new and writers are at work on it: a checkpoint past where it was and
+// short of its head, or after 3 s any destination behind its head.
+func (s *suite) waitDraining(ctx context.Context, limit time.Duration) {
+	before := s.positions(ctx)
+	var moved time.Time
+	for end := time.Now().Add(limit); time.Now().Before(end) && ctx.Err() == nil; time.Sleep(100 * time.Millisecond) {
+		now := s.positions(ctx)
+		draining := false
+		for p, pos := range now {
+			if pos.head <= before[p].head {
+				continue
+			}
+			if moved.IsZero() {
+				moved = time.Now()
+			}
+			for _, cp := range pos.cps {
+				draining = draining || (cp > before[p].head && cp < pos.head) || (time.Since(moved) > 3*time.Second && cp < pos.head)
+			}
 		}
-		cps = append(cps, cp.Seq)
+		if draining {
+			return
+		}
 	}
-	return head, cps
 }
 
-// lagLine says where the head and the checkpoints are.
+// position is a pipeline's committed head and its destinations'
+// checkpoints (-1 where unknown).
+type position struct {
+	head int64
+	cps  map[string]int64
+}
+
+func (s *suite) positions(ctx context.Context) map[string]position {
+	out := map[string]position{}
+	for _, p := range pipelines {
+		pos := position{head: s.headSeen(ctx, p.name), cps: map[string]int64{}}
+		for _, d := range p.dests {
+			pos.cps[d.name] = -1
+			if cp, err := checkpoint.Load(ctx, s.st, p.name, d.name); err == nil {
+				pos.cps[d.name] = cp.Seq
+			}
+		}
+		out[p.name] = pos
+	}
+	return out
+}
+
+// lagLine says where the heads and the checkpoints are.
 func (s *suite) lagLine(ctx context.Context) string {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	st, err := changelog.New(s.st, pipelineName, changelog.Options{}).LoadState(ctx)
-	if err != nil {
-		return "head unknown: " + err.Error()
-	}
 	var parts []string
 	behind := false
-	for _, d := range destinations {
-		cp, err := checkpoint.Load(ctx, s.st, pipelineName, d)
+	for _, p := range pipelines {
+		st, err := changelog.New(s.st, p.name, changelog.Options{}).LoadState(ctx)
 		if err != nil {
-			parts = append(parts, d+" ?")
+			parts = append(parts, p.name+" head unknown: "+err.Error())
 			continue
 		}
-		parts = append(parts, fmt.Sprintf("%s %d", d, cp.Seq))
-		behind = behind || cp.Seq < st.Head.Seq
+		var cps []string
+		for _, d := range p.dests {
+			cp, err := checkpoint.Load(ctx, s.st, p.name, d.name)
+			if err != nil {
+				cps = append(cps, d.name+" ?")
+				continue
+			}
+			cps = append(cps, fmt.Sprintf("%s %d", d.name, cp.Seq))
+			behind = behind || cp.Seq < st.Head.Seq
+		}
+		round := ""
+		if st.Source.FullRound {
+			round = ", full round"
+		}
+		parts = append(parts, fmt.Sprintf("%s head %d%s (%s)", p.name, st.Head.Seq, round, strings.Join(cps, ", ")))
 	}
 	state := "all caught up"
 	if behind {
 		state = "destinations behind"
 	}
-	return fmt.Sprintf("head %d, checkpoints %s: %s", st.Head.Seq, strings.Join(parts, ", "), state)
+	return strings.Join(parts, "; ") + ": " + state
 }
 
 // duplicates enqueues extra wake-ups for every destination: exact copies of
@@ -283,55 +333,58 @@ func (s *suite) lagLine(ctx context.Context) string {
 func (s *suite) duplicates(ctx context.Context, rng *rand.Rand) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	st, err := changelog.New(s.st, pipelineName, changelog.Options{}).LoadState(ctx)
-	if err != nil {
-		s.vlogf("duplicates skipped: %v", err)
-		return
+	type msg struct {
+		kind string
+		body map[string]any
 	}
-	head := st.Head.Seq
-	n := 0
-	for _, d := range destinations {
-		cp, err := checkpoint.Load(ctx, s.st, pipelineName, d)
+	var msgs []msg
+	for _, p := range pipelines {
+		st, err := changelog.New(s.st, p.name, changelog.Options{}).LoadState(ctx)
 		if err != nil {
 			s.vlogf("duplicates skipped: %v", err)
 			return
 		}
-		type msg struct {
-			kind string
-			body map[string]any
-		}
-		msgs := []msg{
-			{"current", map[string]any{"pipeline": pipelineName, "destination": d, "head": head}},
-			{"current", map[string]any{"pipeline": pipelineName, "destination": d, "head": head}},
-			{"future", map[string]any{"pipeline": pipelineName, "destination": d, "head": head + 1 + rng.Int64N(5000)}},
-			{"no-head", map[string]any{"pipeline": pipelineName, "destination": d}},
-			{"extra-keys", map[string]any{"pipeline": pipelineName, "destination": d, "head": head, "from": "chaos", "attempt": rng.IntN(9)}},
-		}
-		if cp.Seq > 0 {
-			msgs = append(msgs, msg{"stale", map[string]any{"pipeline": pipelineName, "destination": d, "head": 1 + rng.Int64N(cp.Seq)}})
-			msgs = append(msgs, msg{"stale", map[string]any{"pipeline": pipelineName, "destination": d, "head": cp.Seq}})
-		}
-		rng.Shuffle(len(msgs), func(i, j int) { msgs[i], msgs[j] = msgs[j], msgs[i] })
-		for _, m := range msgs {
-			data, _ := json.Marshal(m.body)
-			delay := time.Duration(0)
-			if rng.IntN(2) == 0 {
-				delay = time.Duration(1+rng.IntN(12)) * time.Second // out of order
-			}
-			if err := s.st.EnqueueText(ctx, writeQueue, base64.StdEncoding.EncodeToString(data), delay); err != nil {
-				s.vlogf("duplicates: enqueue: %v", err)
+		head := st.Head.Seq
+		for _, d := range p.destNames() {
+			cp, err := checkpoint.Load(ctx, s.st, p.name, d)
+			if err != nil {
+				s.vlogf("duplicates skipped: %v", err)
 				return
 			}
-			n++
-			s.mu.Lock()
-			s.c.dupes[m.kind]++
-			if delay > 0 {
-				s.c.dupes["delayed"]++
+			msgs = append(msgs,
+				msg{"current", map[string]any{"pipeline": p.name, "destination": d, "head": head}},
+				msg{"current", map[string]any{"pipeline": p.name, "destination": d, "head": head}},
+				msg{"future", map[string]any{"pipeline": p.name, "destination": d, "head": head + 1 + rng.Int64N(5000)}},
+				msg{"no-head", map[string]any{"pipeline": p.name, "destination": d}},
+				msg{"extra-keys", map[string]any{"pipeline": p.name, "destination": d, "head": head, "from": "chaos", "attempt": rng.IntN(9)}},
+			)
+			if cp.Seq > 0 {
+				msgs = append(msgs, msg{"stale", map[string]any{"pipeline": p.name, "destination": d, "head": 1 + rng.Int64N(cp.Seq)}})
+				msgs = append(msgs, msg{"stale", map[string]any{"pipeline": p.name, "destination": d, "head": cp.Seq}})
 			}
-			s.mu.Unlock()
 		}
 	}
-	s.vlogf("enqueued %d duplicate/stale/future wake-ups (head %d)", n, head)
+	n := 0
+	rng.Shuffle(len(msgs), func(i, j int) { msgs[i], msgs[j] = msgs[j], msgs[i] })
+	for _, m := range msgs {
+		data, _ := json.Marshal(m.body)
+		delay := time.Duration(0)
+		if rng.IntN(2) == 0 {
+			delay = time.Duration(1+rng.IntN(12)) * time.Second // out of order
+		}
+		if err := s.st.EnqueueText(ctx, writeQueue, base64.StdEncoding.EncodeToString(data), delay); err != nil {
+			s.vlogf("duplicates: enqueue: %v", err)
+			return
+		}
+		n++
+		s.mu.Lock()
+		s.c.dupes[m.kind]++
+		if delay > 0 {
+			s.c.dupes["delayed"]++
+		}
+		s.mu.Unlock()
+	}
+	s.vlogf("enqueued %d duplicate/stale/future wake-ups", n)
 }
 
 // garbageTexts are messages no writer can act on; the host must move the
@@ -343,8 +396,9 @@ func garbageTexts() []string {
 		"%%% not base64 %%%",
 		b("not json at all"),
 		b(`{"pipeline":"orders"}`),
-		b(`{"pipeline":"orders","destination":"pg","head":-3}`),
-		b(`{"pipeline":"no-such-pipeline","destination":"pg","head":5}`),
+		b(`{"pipeline":"orders","destination":"warehouse","head":-3}`),
+		b(`{"pipeline":"no-such-pipeline","destination":"warehouse","head":5}`),
+		b(`{"pipeline":"audit","destination":"lite","head":5}`), // a destination of another pipeline
 		b(`[1,2,3]`),
 	}
 }

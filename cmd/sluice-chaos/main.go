@@ -3,13 +3,20 @@
 // two `sluice run` hosts on the same storage plus one-shot `sluice read` and
 // `sluice write` runs — against its own Azurite, its own PostgreSQL cluster,
 // the Graph simulator (graphsim, a process of its own) and an HTTP receiver
-// of its own, while the list keeps changing. It SIGKILLs the sluice
-// processes at seeded random moments, takes PostgreSQL down, makes the
-// receiver fail, restarts Azurite mid-drain, expires delta tokens, throttles
-// Graph, and floods the write queue with duplicate, stale and future
-// wake-ups. Then, with everything healthy again, it checks that nothing was
-// lost or invented: every destination equals the list's final state folded
-// from the gap-free log, and the log equals the simulator's list.
+// of its own. The profile is a realistic one: a list of 20,000 items (10,000
+// with --short) that keeps changing, served at Graph's pace (pages of 0.3 to
+// 1.5 s), read by three pipelines whose destinations share names
+// (warehouse, hook) and write different tables of one PostgreSQL database
+// and one SQLite file (see layout.go). It SIGKILLs the sluice processes at
+// seeded random moments, takes PostgreSQL down, makes the receiver fail,
+// restarts Azurite mid-drain, expires delta tokens — also while the list is
+// quiet, letting the big resync run — throttles Graph, replays one
+// pipeline's destinations while the others drain, and floods the write
+// queue with duplicate, stale and future wake-ups. Then, with everything
+// healthy again, it checks for every pipeline that nothing was lost or
+// invented: every destination equals the list's final state folded from the
+// gap-free log, the log equals the simulator's list, and the log never
+// deleted an item the list had not deleted.
 //
 //	go run ./cmd/sluice-chaos [--seed N] [--duration 8m] [--short] [--keep] [-v]
 //
@@ -66,8 +73,8 @@ func parseFlags(args []string, stderr io.Writer) (Options, error) {
 	fs := flag.NewFlagSet("sluice-chaos", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Int64Var(&o.Seed, "seed", 0, "seed of the fault schedule (0: pick one from the clock; it is printed)")
-	fs.DurationVar(&o.Duration, "duration", 0, "length of the fault phase (default 8m, with --short 80s)")
-	fs.BoolVar(&o.Short, "short", false, "the short version for make test: ≥ 10 kills, a 20 s PostgreSQL outage, 30 s of receiver failures, one Azurite restart")
+	fs.DurationVar(&o.Duration, "duration", 0, "length of the fault phase (default 8m, with --short 100s)")
+	fs.BoolVar(&o.Short, "short", false, "the short version for make test: a 10,000-item list, ≥ 10 kills, a 20 s PostgreSQL outage, 30 s of receiver failures, one Azurite restart, a quiet 410, one replay")
 	fs.BoolVar(&o.Keep, "keep", false, "keep the temporary directory (logs of every process, Azurite and PostgreSQL data)")
 	fs.BoolVar(&o.Verbose, "v", false, "print every event of the schedule as it happens")
 	fs.StringVar(&o.Root, "root", "", "repository root (default: found from the current directory)")

@@ -21,8 +21,9 @@ const (
 	recvThrottle = "429"
 )
 
-// receiver is the HTTP destination: it records every event it accepts
-// (every delivery, repeats included) and can be told to fail.
+// receiver is the HTTP destination of every pipeline, each at url/<pipeline>:
+// it records every event it accepts (every delivery, repeats included) and
+// can be told to fail.
 type receiver struct {
 	secret []byte
 	srv    *http.Server
@@ -31,12 +32,16 @@ type receiver struct {
 	mu         sync.Mutex
 	mode       string
 	retryAfter string
-	// byseq: every delivery of every seq.
-	bySeq    map[int64][]delivery
-	events   int64
-	posts    int64
-	answered map[int]int64 // status → count
-	bad      []string      // protocol violations (signature, body, headers)
+	got        map[string]*received // by pipeline
+	posts      int64
+	answered   map[int]int64 // status → count
+	bad        []string      // protocol violations (signature, body, headers)
+}
+
+// received is what one pipeline's hook delivered.
+type received struct {
+	bySeq  map[int64][]delivery // every delivery of every seq
+	events int64
 }
 
 // delivery is one event as received.
@@ -61,7 +66,10 @@ func startReceiver(secret string) (*receiver, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &receiver{secret: []byte(secret), mode: recvOK, bySeq: map[int64][]delivery{}, answered: map[int]int64{}}
+	r := &receiver{secret: []byte(secret), mode: recvOK, got: map[string]*received{}, answered: map[int]int64{}}
+	for _, p := range pipelines {
+		r.got[p.name] = &received{bySeq: map[int64][]delivery{}}
+	}
 	r.srv = &http.Server{Handler: http.HandlerFunc(r.serve), ReadHeaderTimeout: 10 * time.Second}
 	r.url = "http://" + ln.Addr().String() + "/hook"
 	go func() { _ = r.srv.Serve(ln) }()
@@ -104,7 +112,9 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 		answer(http.StatusTooManyRequests)
 		return
 	}
-	if req.Method != http.MethodPost || req.URL.Path != "/hook" {
+	pipeline, _ := strings.CutPrefix(req.URL.Path, "/hook/")
+	got := r.got[pipeline]
+	if req.Method != http.MethodPost || got == nil {
 		r.violation("%s %s", req.Method, req.URL.Path)
 		answer(http.StatusNotFound)
 		return
@@ -135,29 +145,36 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 			r.violation("event %q: sluiceseq %q", e.ID, e.SluiceSeq)
 			continue
 		}
-		if e.SpecVersion != "1.0" || e.Source != "sluice/"+pipelineName {
-			r.violation("event %q: specversion %q source %q", e.ID, e.SpecVersion, e.Source)
+		if e.SpecVersion != "1.0" || e.Source != "sluice/"+pipeline {
+			r.violation("event %q at %s: specversion %q source %q", e.ID, req.URL.Path, e.SpecVersion, e.Source)
 		}
-		r.bySeq[seq] = append(r.bySeq[seq], delivery{ID: e.ID, Type: e.Type, Subject: e.Subject, Gen: e.SluiceGen})
-		r.events++
+		got.bySeq[seq] = append(got.bySeq[seq], delivery{ID: e.ID, Type: e.Type, Subject: e.Subject, Gen: e.SluiceGen})
+		got.events++
 	}
 	answer(http.StatusNoContent)
 }
 
-// stats returns copies of what was recorded.
-func (r *receiver) stats() (bySeq map[int64][]delivery, events, posts int64, answered map[int]int64, bad []string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	bySeq = make(map[int64][]delivery, len(r.bySeq))
-	for k, v := range r.bySeq {
-		bySeq[k] = append([]delivery(nil), v...)
-	}
-	answered = map[int]int64{}
-	for k, v := range r.answered {
-		answered[k] = v
-	}
-	return bySeq, r.events, r.posts, answered, append([]string(nil), r.bad...)
+// recvStats is a copy of what the receiver recorded.
+type recvStats struct {
+	got      map[string]received // by pipeline
+	posts    int64
+	answered map[int]int64
+	bad      []string
 }
 
-// verifySignature checks X-Sluice-Signature as a receiver should (DESIGN
-// §3.4): sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">, timestamp fresh.
+func (r *receiver) stats() recvStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := recvStats{got: map[string]received{}, posts: r.posts, answered: map[int]int64{}, bad: append([]string(nil), r.bad...)}
+	for p, g := range r.got {
+		c := received{bySeq: make(map[int64][]delivery, len(g.bySeq)), events: g.events}
+		for k, v := range g.bySeq {
+			c.bySeq[k] = append([]delivery(nil), v...)
+		}
+		st.got[p] = c
+	}
+	for k, v := range r.answered {
+		st.answered[k] = v
+	}
+	return st
+}

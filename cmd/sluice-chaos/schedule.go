@@ -21,6 +21,11 @@ const (
 	evDuplicates = "duplicates"  // duplicate, stale and future wake-ups, out of order
 	evGarbage    = "garbage"     // undecodable messages in the write queue
 	evBurst      = "churn-burst" // many changes at once (long drains to kill)
+	// evQuietExpire: churn held back, reads caught up (at most Delay),
+	// tokens expired, the resync rounds of the big list left to run (at
+	// most Wait) with only a couple of kills.
+	evQuietExpire = "quiet-expire"
+	evReplay      = "replay" // burst, then replay the replayed pipeline from Frac of its head
 )
 
 // Kill targets.
@@ -36,8 +41,10 @@ type event struct {
 	At     time.Duration
 	Kind   string
 	Target string        // evKill
-	Delay  time.Duration // evKill: restart delay; evAzurite: downtime
-	N      int           // evThrottle: requests; evBurst: edits
+	Delay  time.Duration // evKill: restart delay; evAzurite: downtime; evQuietExpire: wait for first loads
+	Wait   time.Duration // evQuietExpire: wait for the resync rounds
+	N      int           // evThrottle: requests; evBurst, evReplay: edits
+	Frac   float64       // evReplay: replay from this fraction of the head
 	Status int           // evThrottle
 	Retry  string        // evThrottle, evRecv429: Retry-After
 	// Break (evKill): also break every lease of the pipeline and the
@@ -64,6 +71,10 @@ func (e event) String() string {
 		return fmt.Sprintf("receiver answers 429, Retry-After %q", e.Retry)
 	case evBurst:
 		return fmt.Sprintf("churn burst of %d edits", e.N)
+	case evQuietExpire:
+		return fmt.Sprintf("quiet 410 (catch-up awaited up to %v, resync up to %v)", e.Delay, e.Wait)
+	case evReplay:
+		return fmt.Sprintf("burst of %d edits, then replay %s from %.0f%% of its head", e.N, replayed.name, 100*e.Frac)
 	}
 	return e.Kind
 }
@@ -122,27 +133,37 @@ func makePlan(seed int64, short bool, phase time.Duration) plan {
 		add(event{At: t, Kind: evKill, Target: target, Delay: sec(0.2, 3), Break: rng.IntN(2) == 0})
 	}
 
+	// The list: big enough that a full round at Graph's pace (pages of
+	// 0.3–1.5 s, about 500 items each) spans several commits (one every
+	// 10 s). Quiet 410s wait for the reads to catch up (Delay) and for the
+	// resync rounds (Wait); what would change the list meanwhile, and
+	// kills past the first two, wait for them instead.
 	if short {
-		p.items, p.churnEvery = 1200, 400*time.Millisecond
+		// In this order, so that the quiet 410 holds back as little as
+		// possible: outages and Azurite first, the quiet 410, the replay.
+		p.items, p.churnEvery = 10000, 400*time.Millisecond
 		p.pgOutage, p.recvFail = 20*time.Second, 30*time.Second
 		pg := at(0.08, 0.14)
 		add(event{At: pg, Kind: evPGStop})
 		add(event{At: pg + p.pgOutage, Kind: evPGStart})
-		r := at(0.30, 0.36)
+		r := at(0.12, 0.18)
 		add(event{At: r, Kind: evRecv500})
 		add(event{At: r + p.recvFail/2, Kind: evRecv429, Retry: "2"})
 		add(event{At: r + p.recvFail, Kind: evRecvOK})
-		add(event{At: at(0.40, 0.50), Kind: evAzurite, Delay: 3 * time.Second})
-		add(event{At: at(0.18, 0.24), Kind: evExpire})
-		add(event{At: at(0.55, 0.62), Kind: evExpire})
-		t := at(0.36, 0.40)
+		// Throttled early: backing off without a Retry-After takes up to
+		// 30 s, which the quiet 410's resync cannot spare.
+		t := at(0.08, 0.12)
 		add(event{At: t, Kind: evThrottle, N: 12, Status: 429, Retry: "1"})
 		add(event{At: t, Kind: evThrottle, N: 6, Status: 503, Retry: "1.5"})
 		add(event{At: t, Kind: evThrottle, N: 3, Status: 429, Retry: ""})
 		add(event{At: at(0.05, 0.10), Kind: evGarbage})
-		add(event{At: at(0.25, 0.30), Kind: evBurst, N: 300})
+		add(event{At: at(0.12, 0.16), Kind: evBurst, N: 300})
+		add(event{At: at(0.16, 0.22), Kind: evAzurite, Delay: 3 * time.Second})
+		add(event{At: at(0.26, 0.30), Kind: evQuietExpire, Delay: 20 * time.Second, Wait: 45 * time.Second})
+		add(event{At: at(0.72, 0.78), Kind: evReplay, N: 300, Frac: 0.2 + 0.6*rng.Float64()})
+		add(event{At: at(0.85, 0.90), Kind: evExpire})
 	} else {
-		p.items, p.churnEvery = 3000, 500*time.Millisecond
+		p.items, p.churnEvery = 20000, 500*time.Millisecond
 		p.pgOutage, p.recvFail = 60*time.Second, 120*time.Second
 		pg := at(0.08, 0.16)
 		add(event{At: pg, Kind: evPGStop})
@@ -154,8 +175,10 @@ func makePlan(seed int64, short bool, phase time.Duration) plan {
 		add(event{At: at(0.22, 0.30), Kind: evAzurite, Delay: sec(3, 8)})
 		add(event{At: at(0.70, 0.78), Kind: evAzurite, Delay: sec(3, 8)})
 		add(event{At: at(0.15, 0.20), Kind: evExpire})
-		add(event{At: at(0.50, 0.58), Kind: evExpire})
-		add(event{At: at(0.82, 0.86), Kind: evExpire})
+		add(event{At: at(0.50, 0.56), Kind: evExpire})
+		add(event{At: at(0.84, 0.88), Kind: evExpire})
+		add(event{At: at(0.24, 0.27), Kind: evQuietExpire, Delay: 90 * time.Second, Wait: 150 * time.Second})
+		add(event{At: at(0.60, 0.63), Kind: evQuietExpire, Delay: 60 * time.Second, Wait: 150 * time.Second})
 		t := at(0.25, 0.30)
 		add(event{At: t, Kind: evThrottle, N: 25, Status: 429, Retry: "1"})
 		add(event{At: t, Kind: evThrottle, N: 10, Status: 503, Retry: "2.5"})
@@ -163,6 +186,8 @@ func makePlan(seed int64, short bool, phase time.Duration) plan {
 		add(event{At: t, Kind: evThrottle, N: 5, Status: 429, Retry: ""})
 		add(event{At: t, Kind: evThrottle, N: 3, Status: 429, Retry: "20"})
 		add(event{At: t, Kind: evThrottle, N: 8, Status: 503, Retry: "0.5"})
+		add(event{At: at(0.40, 0.45), Kind: evReplay, N: 400, Frac: 0.1 + 0.8*rng.Float64()})
+		add(event{At: at(0.74, 0.80), Kind: evReplay, N: 400, Frac: 0.1 + 0.8*rng.Float64()})
 		add(event{At: at(0.05, 0.10), Kind: evGarbage})
 		add(event{At: at(0.45, 0.50), Kind: evGarbage})
 		for _, f := range []float64{0.12, 0.32, 0.52, 0.68} {

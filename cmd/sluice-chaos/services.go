@@ -44,7 +44,11 @@ func findRoot() (string, error) {
 	}
 }
 
-// buildBinaries builds sluice and graphsim into dir, once per run.
+// buildBinaries builds sluice and graphsim into dir, once per run. It
+// builds with the go command's settings as they are, so that what `go test`
+// and `go vet` compiled already is reused: forcing CGO_ENABLED=0 (as a
+// release build does) made it compile every dependency anew, which on a
+// fresh machine took over a minute of the short run's budget.
 func buildBinaries(ctx context.Context, root, dir string) error {
 	// The go command that runs us (go run, go test) is the one to use.
 	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
@@ -54,7 +58,6 @@ func buildBinaries(ctx context.Context, root, dir string) error {
 	for _, b := range []string{"sluice", "graphsim"} {
 		cmd := exec.CommandContext(ctx, goBin, "build", "-o", filepath.Join(dir, b), "./cmd/"+b)
 		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("go build ./cmd/%s: %v\n%s", b, err, out)
 		}
@@ -147,12 +150,13 @@ func (a *azurite) start(ctx context.Context) error {
 
 // stop shuts Azurite down gracefully (SIGTERM makes it save its
 // metadata); it reports false when it had to be killed, which may lose
-// acknowledged writes and so invalidates the run.
+// acknowledged writes and so invalidates the run. The grace is generous:
+// saving takes longer on a loaded machine, and a kill fails the run.
 func (a *azurite) stop() bool {
 	if a.p == nil {
 		return true
 	}
-	return a.p.stop(30 * time.Second)
+	return a.p.stop(60 * time.Second)
 }
 
 // ---- PostgreSQL ----
@@ -357,6 +361,28 @@ func (g *graphsim) snapshot(ctx context.Context) (*snapshot, error) {
 		return nil, fmt.Errorf("graphsim snapshot: %w", err)
 	}
 	return &s, nil
+}
+
+// deletion is one delete in the simulator's history (graphsim.Deletion).
+type deletion struct {
+	ID int       `json:"id"`
+	At time.Time `json:"at"`
+}
+
+// deletions is every delete the list has seen, as GET /_sim/deletions
+// answers.
+func (g *graphsim) deletions(ctx context.Context) ([]deletion, error) {
+	var out struct {
+		Count     int        `json:"count"`
+		Deletions []deletion `json:"deletions"`
+	}
+	if err := g.admin(ctx, http.MethodGet, "/_sim/deletions", nil, &out); err != nil {
+		return nil, err
+	}
+	if out.Count != len(out.Deletions) {
+		return nil, fmt.Errorf("graphsim deletions: count %d, %d listed", out.Count, len(out.Deletions))
+	}
+	return out.Deletions, nil
 }
 
 // openStore connects to the suite's Azurite.

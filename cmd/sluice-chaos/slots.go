@@ -143,12 +143,14 @@ func (o *oneShotSlot) loop(ctx context.Context) {
 		_ = p.wait(wctx)
 		cancel()
 		o.mu.Lock()
-		killed, delay := o.killed, o.delay
+		killed, delay, stopping := o.killed, o.delay, o.stopping
 		o.mu.Unlock()
 		s.mu.Lock()
 		switch {
 		case killed:
 			s.c.oneshots[cmd+" killed"]++
+		case stopping && p.exitCode() != 0:
+			s.c.oneshots[cmd+" stopped"]++
 		case p.exitCode() == 0:
 			s.c.oneshots[cmd+" ok"]++
 		default:
@@ -181,18 +183,17 @@ func (o *oneShotSlot) setStopping() {
 	o.mu.Unlock()
 }
 
-// stop lets the running command finish (up to 30 s) and starts no other.
+// stop ends the running command gracefully (SIGTERM: a read commits what
+// it has, a drain its batch; killed after 30 s) and starts no other. It
+// does not wait for the command to end by itself: a long read or drain
+// would hold the end of the fault phase up.
 func (o *oneShotSlot) stop() {
 	o.setStopping()
 	o.mu.Lock()
 	p := o.cur
 	o.mu.Unlock()
-	if p != nil {
-		select {
-		case <-p.done:
-		case <-time.After(30 * time.Second):
-			p.kill()
-		}
+	if p != nil && !p.stop(30*time.Second) {
+		o.s.logf("%s did not stop within 30 s of SIGTERM; killed", p.name)
 	}
 	<-o.done
 }

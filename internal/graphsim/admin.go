@@ -20,9 +20,11 @@ import (
 //
 //	GET  /_sim/lists                  every list: site, ids, live items, seq
 //	GET  /_sim/snapshot               {"count":N,"items":{"<id>":{fields}}}: List.Snapshot
+//	GET  /_sim/deletions              {"count":N,"deletions":[{"id":5,"change":9,"at":"..."}]}: List.Deletions
 //	GET  /_sim/stats                  Stats
 //	POST /_sim/stats/reset            zero Stats
-//	GET  /_sim/knobs  POST /_sim/knobs   a list's Knobs (POST replaces them)
+//	GET  /_sim/knobs  POST /_sim/knobs   a list's Knobs (POST replaces them), e.g.
+//	                                  {"shortPages":true,"pageDelay":"300ms","pageJitter":"1.2s"}
 //	POST /_sim/faults                 queue a Fault (JSON body)
 //	DELETE /_sim/faults               drop queued faults
 //	POST /_sim/expire                 List.ExpireTokens (Sim.ExpireTokens without ?list)
@@ -52,6 +54,12 @@ func (s *Sim) AdminHandler() http.Handler {
 			return
 		}
 		l.writeSnapshot(w)
+	})
+	mux.HandleFunc("GET /_sim/deletions", func(w http.ResponseWriter, r *http.Request) {
+		if l, ok := s.adminList(w, r); ok {
+			d := l.Deletions()
+			adminJSON(w, map[string]any{"count": len(d), "deletions": d})
+		}
 	})
 	mux.HandleFunc("GET /_sim/stats", func(w http.ResponseWriter, r *http.Request) { adminJSON(w, s.Stats()) })
 	mux.HandleFunc("POST /_sim/stats/reset", func(w http.ResponseWriter, r *http.Request) { s.ResetStats(); adminJSON(w, "ok") })

@@ -1,9 +1,13 @@
 package graphsim
 
 import (
+	"bytes"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"math/bits"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"sort"
@@ -46,6 +50,92 @@ type Knobs struct {
 	Resync Resync `json:"resync,omitzero"`
 	// ResyncWithoutLocation leaves the Location header off 410 answers.
 	ResyncWithoutLocation bool `json:"resyncWithoutLocation,omitempty"`
+	// PageDelay and PageJitter give delta pages Graph's latency: real
+	// Graph takes 0.5–2 s per page of list items (§1.1, §3), and a client
+	// only meets its own timing bugs at that pace. Each delta request
+	// (token=latest included) waits PageDelay plus a uniformly random
+	// [0, PageJitter) before it is served: its token is judged, and its
+	// page built, as they are when the answer goes out, so a token
+	// expired meanwhile gets 410. A client that gives up ends the wait at
+	// once. Injected faults and auth errors answer without delay. In JSON
+	// both are Go duration strings, e.g. "300ms".
+	PageDelay  time.Duration `json:"-"`
+	PageJitter time.Duration `json:"-"`
+}
+
+// knobsJSON is Knobs with its durations as Go duration strings.
+type knobsJSON struct {
+	knobsFields
+	PageDelay  string `json:"pageDelay,omitempty"`
+	PageJitter string `json:"pageJitter,omitempty"`
+}
+
+type knobsFields Knobs // Knobs without its JSON methods
+
+// MarshalJSON writes the knobs with durations as strings ("1.5s").
+func (k Knobs) MarshalJSON() ([]byte, error) {
+	j := knobsJSON{knobsFields: knobsFields(k)}
+	if k.PageDelay != 0 {
+		j.PageDelay = k.PageDelay.String()
+	}
+	if k.PageJitter != 0 {
+		j.PageJitter = k.PageJitter.String()
+	}
+	return json.Marshal(j)
+}
+
+// UnmarshalJSON reads what MarshalJSON writes and refuses unknown keys, so
+// that a misspelt knob in an admin request is an error, not a no-op.
+func (k *Knobs) UnmarshalJSON(b []byte) error {
+	var j knobsJSON
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&j); err != nil {
+		return err
+	}
+	out := Knobs(j.knobsFields)
+	for _, d := range []struct {
+		name, text string
+		to         *time.Duration
+	}{{"pageDelay", j.PageDelay, &out.PageDelay}, {"pageJitter", j.PageJitter, &out.PageJitter}} {
+		if d.text == "" {
+			continue
+		}
+		v, err := time.ParseDuration(d.text)
+		if err != nil || v < 0 {
+			return fmt.Errorf("knob %s: %q is not a non-negative duration such as \"300ms\"", d.name, d.text)
+		}
+		*d.to = v
+	}
+	*k = out
+	return nil
+}
+
+// pageWait is how long a page waits under the knobs: PageDelay plus a
+// uniformly random share of PageJitter.
+func (k Knobs) pageWait() time.Duration {
+	d := max(k.PageDelay, 0)
+	if k.PageJitter > 0 {
+		d += rand.N(k.PageJitter)
+	}
+	return d
+}
+
+// waitPage holds a delta request back for the knobs' latency. It reports
+// false when the client went away first; nothing should be written then.
+func waitPage(r *http.Request, k Knobs) bool {
+	d := k.pageWait()
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
 }
 
 // Mutations counts random changes (see List.Churn).
@@ -263,6 +353,12 @@ func (s *Sim) serveDelta(w http.ResponseWriter, r *http.Request, rt route, l *Li
 	q, qerr := s.parseDeltaQuery(r.URL.RawQuery)
 	if qerr != nil {
 		s.writeError(w, r, qerr.status, qerr.code, qerr.msg, nil)
+		return
+	}
+	// Graph's latency comes first: the token is judged, and the page shows
+	// the list, as they are when the answer is made.
+	if !waitPage(r, l.Knobs()) {
+		s.log.Debug("client gone while its delta request was delayed", "url", r.URL.String())
 		return
 	}
 	base := baseURL(r) + "/sites/" + l.site.id + "/lists/" + l.id + "/items/delta"

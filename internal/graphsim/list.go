@@ -80,6 +80,7 @@ type List struct {
 	tombs         []uint32 // ids deleted with a tombstone, in deletion order (for purging)
 	purgedThrough uint64   // highest change of a purged tombstone: older tokens get 410
 	expireSerial  uint64   // tokens with a serial ≤ this are refused with 410
+	deletions     []Deletion
 	knobs         Knobs
 	rng           *rand.Rand // for MutatePerPage
 }
@@ -250,13 +251,16 @@ func (l *List) deleteLocked(id int, tombstone bool) bool {
 	}
 	it := &l.items[id]
 	l.live--
+	now := l.sim.now()
 	if !tombstone {
 		*it = item{}
+		l.deletions = append(l.deletions, Deletion{ID: id, At: now, Unreported: true})
 		return true
 	}
 	it.state = stateDeleted
-	it.modified = l.sim.now().UnixMilli()
+	it.modified = now.UnixMilli()
 	l.appendLocked(id)
+	l.deletions = append(l.deletions, Deletion{ID: id, Change: l.seq, At: now})
 	l.tombs = append(l.tombs, uint32(id))
 	return true
 }
@@ -265,6 +269,25 @@ func (l *List) appendLocked(id int) {
 	l.seq++
 	l.items[id].change = l.seq
 	l.log = append(l.log, logEntry{change: l.seq, id: uint32(id)})
+}
+
+// Deletion is one delete in a list's history.
+type Deletion struct {
+	ID int `json:"id"`
+	// Change is the change number of the delete; 0 for an unreported one.
+	Change uint64    `json:"change,omitempty"`
+	At     time.Time `json:"at"` // by the simulator's clock
+	// Unreported: deleted without a tombstone (DeleteUnreported).
+	Unreported bool `json:"unreported,omitempty"`
+}
+
+// Deletions returns every delete of the list's life so far, oldest first,
+// reported or not, whatever tombstone retention purged since: what a test
+// needs to tell a consumer's delete of a deleted item from a false one.
+func (l *List) Deletions() []Deletion {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return append([]Deletion(nil), l.deletions...)
 }
 
 // purgeLocked forgets tombstones older than the retention period. A token

@@ -15,8 +15,9 @@
 //	graphURL := srv.URL + "/v1.0"
 //
 // Adversarial behaviour is off by default and switched on per list with
-// Knobs, and per request with Inject (throttling, server errors, malformed
-// pages, foreign links).
+// Knobs (duplicates, shuffling, short and empty pages, changes mid-round,
+// Graph's per-page latency), and per request with Inject (throttling,
+// server errors, malformed pages, foreign links).
 package graphsim
 
 import (
