@@ -37,6 +37,19 @@ func newSteppingClock(step time.Duration) *steppingClock {
 
 func (c *steppingClock) Now() time.Time { return time.Unix(0, c.t.Add(int64(c.step))).UTC() }
 
+// resyncFixture loads a list of n items, then makes every page of the
+// passes after it take longer than the commit interval (a commit after
+// every page) and expires the delta tokens: the next pass is a resync.
+func resyncFixture(t *testing.T, n int) *readFixture {
+	t.Helper()
+	f := newReadFixture(t, n)
+	f.read(t, context.Background())
+	clock := newSteppingClock(time.Second)
+	f.reader.Now, f.reader.CommitInterval = clock.Now, 500*time.Millisecond
+	f.list.ExpireTokens()
+	return f
+}
+
 // Defect 1 (issue 11): a resync of a list that did not change committed
 // after every page; the unchanged keys of every commit after the first were
 // recorded under the same blob name as the first (the head did not move),
@@ -44,12 +57,7 @@ func (c *steppingClock) Now() time.Time { return time.Unix(0, c.t.Add(int64(c.st
 func TestResyncOfUnchangedListLogsNoDeletes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	f := newReadFixture(t, 5000)
-	f.read(t, ctx)
-	clock := newSteppingClock(time.Second)
-	f.reader.Now, f.reader.CommitInterval = clock.Now, 500*time.Millisecond
-
-	f.list.ExpireTokens()
+	f := resyncFixture(t, 5000)
 	res := f.read(t, ctx)
 	if res.Deletes != 0 || res.Records != 0 {
 		t.Fatalf("resync of an unchanged 5,000-item list logged %d records and %d reconciled deletes; want none (%+v)", res.Records, res.Deletes, res)
@@ -138,11 +146,7 @@ func (s *expireAfterSource) Page(ctx context.Context, link string) (*sharepoint.
 func TestResyncRestartedMidRoundCompletes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	f := newReadFixture(t, 5000)
-	f.read(t, ctx)
-	clock := newSteppingClock(time.Second)
-	f.reader.Now, f.reader.CommitInterval = clock.Now, 500*time.Millisecond
-	f.list.ExpireTokens()
+	f := resyncFixture(t, 5000)
 	open := f.reader.Open
 	f.reader.Open = func(p *config.Pipeline) (engine.Source, error) {
 		src, err := open(p)
@@ -202,11 +206,7 @@ func (s *cancelWhenSource) Page(ctx context.Context, link string) (*sharepoint.P
 // nor guess deletes: the round starts again.
 func TestLostSeenChainRestartsRound(t *testing.T) {
 	t.Parallel()
-	f := newReadFixture(t, 5000)
-	f.read(t, context.Background())
-	clock := newSteppingClock(time.Second)
-	f.reader.Now, f.reader.CommitInterval = clock.Now, 500*time.Millisecond
-	f.list.ExpireTokens()
+	f := resyncFixture(t, 5000)
 	lg := changelog.New(f.st, "orders", changelog.Options{})
 	chained := func() bool {
 		st, err := lg.LoadState(context.Background())
