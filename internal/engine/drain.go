@@ -102,6 +102,8 @@ type DrainResult struct {
 
 	// stallNoted: the outcome was already counted on the checkpoint.
 	stallNoted bool
+	// leaseKept: the lease could not be released; it runs out by itself.
+	leaseKept bool
 }
 
 // Why a drain ended without progress, as status shows it.
@@ -184,6 +186,20 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 	default:
 		return res, nil
 	}
+	if res.leaseKept {
+		// The release failed: the lease stays until it runs out, up to
+		// LeaseDuration after its last renewal, and wake-ups until then are
+		// answered busy after this drain's last look at the head. One
+		// wake-up, visible once the lease is surely gone, looks for them
+		// (and continues, or follows the rewind): an earlier one would be
+		// answered busy too. Its head is 0, unknown: the head it must see
+		// is one committed after now.
+		w := WakeUp{Pipeline: p.Name, Destination: dst.Name}
+		if err := d.Store.EnqueueAfter(ctx, d.Queue, w, d.LeaseDuration+5*time.Second); err != nil {
+			return res, fmt.Errorf("enqueue a wake-up of %s/%s after its drain (%s at %d) could not release the lease: %w", p.Name, dst.Name, res.Outcome, res.To, err)
+		}
+		return res, nil
+	}
 	// A head this look could not read stays 0 in the wake-up: 0 means
 	// unknown, so the next drain reads the head itself. Any seq this drain
 	// knows of (the head it reached) would be at or before the checkpoint,
@@ -208,7 +224,7 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 
 // drainLeased is the part of a drain that holds the destination lease; the
 // lease is released when it returns, after the sink was closed.
-func (d *Drainer) drainLeased(ctx context.Context, req DrainRequest, lease *azstore.Lease, lg *changelog.Log, log *slog.Logger) (DrainResult, error) {
+func (d *Drainer) drainLeased(ctx context.Context, req DrainRequest, lease *azstore.Lease, lg *changelog.Log, log *slog.Logger) (out DrainResult, err error) {
 	p, dst := req.Pipeline, req.Destination
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -216,7 +232,10 @@ func (d *Drainer) drainLeased(ctx context.Context, req DrainRequest, lease *azst
 	defer func() {
 		stopKeep()
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		_ = lease.Release(rctx)
+		if rerr := lease.Release(rctx); rerr != nil {
+			log.Warn("could not release the destination lease; it runs out by itself", "err", rerr.Error())
+			out.leaseKept = true
+		}
 		rcancel()
 	}()
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/engine"
 	"github.com/sluicehq/sluice/internal/sink"
+	"github.com/sluicehq/sluice/internal/testenv"
 )
 
 // breakState makes the pipeline's state document unreadable and returns a
@@ -92,6 +95,58 @@ func TestWakeUpAfterAFailedLookAtTheHead(t *testing.T) {
 	}
 	if ws[0].Head != 0 {
 		t.Fatalf("wake-up = %+v; want head 0 (unknown: the next drain reads it)", ws[0])
+	}
+	f.checkConverged(t)
+}
+
+// failRelease is a storage transport whose lease releases never get through.
+type failRelease struct{}
+
+func (failRelease) Do(r *http.Request) (*http.Response, error) {
+	// The SDK sets its headers without canonicalising their names.
+	if r.Header.Get("x-ms-lease-action") == "release" || strings.Join(r.Header["x-ms-lease-action"], "") == "release" {
+		return nil, errors.New("connection reset by peer (test: lease release)")
+	}
+	return http.DefaultClient.Do(r)
+}
+
+// A drain whose lease release fails leaves the lease held until it runs out
+// (up to LeaseDuration after its last renewal). Wake-ups in that window are
+// answered busy, and the holder's look at the head came before them: the
+// holder must wake the destination again once the lease is free.
+func TestWakeUpAfterAFailedLeaseRelease(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 300)
+	st, err := azstore.Open(ctx, testenv.StorageSettings(t), f.st.Container(), azstore.Options{HTTPClient: failRelease{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder := *f.d
+	holder.Store, holder.LeaseDuration = st, 15*time.Second
+	f.d.LeaseDuration = 15 * time.Second
+	res, err := holder.Drain(ctx, f.req(300))
+	if err != nil || res.Outcome != engine.OutcomeDrained || res.To != 300 {
+		t.Fatalf("holder = %+v, %v; want drained to 300", res, err)
+	}
+	released := time.Now()
+	f.appendRecords(t, ctx, 200)
+	if busy, err := f.d.Drain(ctx, f.req(500)); err != nil || busy.Outcome != engine.OutcomeBusy {
+		t.Fatalf("wake-up after the failed release = %+v, %v; want busy (else this test proves nothing)", busy, err)
+	}
+	var ws []engine.WakeUp
+	for time.Since(released) < 45*time.Second && len(ws) == 0 {
+		time.Sleep(time.Second)
+		ws = f.wakeUps(t, ctx)
+	}
+	if len(ws) != 1 {
+		t.Fatalf("wake-ups within 45 s of the failed release = %+v; want one from the holder", ws)
+	}
+	if waited := time.Since(released); waited < 15*time.Second {
+		t.Fatalf("the holder's wake-up came after %s, before its lease could run out", waited)
+	}
+	if res, err := f.d.Drain(ctx, f.req(ws[0].Head)); err != nil || res.Outcome != engine.OutcomeDrained || res.To != 500 {
+		t.Fatalf("drain of the holder's wake-up %+v = %+v, %v; want drained to 500", ws[0], res, err)
 	}
 	f.checkConverged(t)
 }
