@@ -150,3 +150,45 @@ func TestWakeUpAfterAFailedLeaseRelease(t *testing.T) {
 	}
 	f.checkConverged(t)
 }
+
+// growingSink commits more records to the log after each batch it applies,
+// up to a limit: a list that changes as fast as it is drained.
+type growingSink struct {
+	*memSink
+	f     *fixture
+	t     *testing.T
+	grows int
+}
+
+func (s *growingSink) Apply(ctx context.Context, b sink.Batch) error {
+	if err := s.memSink.Apply(ctx, b); err != nil {
+		return err
+	}
+	if s.grows > 0 {
+		s.grows--
+		s.f.appendRecords(s.t, ctx, 100)
+	}
+	return nil
+}
+
+// Without a deadline (sluice write, sluice replay) nothing but the head ends
+// the drain's "look again and go on" loop: a head that keeps moving must not
+// keep it going. It does one more pass past the head it started with and
+// leaves the rest to its wake-up.
+func TestDrainWithoutDeadlineEndsWhileTheHeadMoves(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 100)
+	gs := &growingSink{memSink: f.sink, f: f, t: t, grows: 30}
+	f.d.Open = func(context.Context, *config.Pipeline, *config.Destination) (sink.Sink, error) { return gs, nil }
+	req := f.req(100)
+	req.Deadline = time.Time{}
+	res, err := f.d.Drain(ctx, req)
+	if err != nil || res.To != 200 || res.Outcome != engine.OutcomeContinued {
+		t.Fatalf("drain = %+v, %v; want continued at 200 (the head at the start, 100, and one more pass)", res, err)
+	}
+	ws := f.wakeUps(t, ctx)
+	if len(ws) != 1 || ws[0].Head <= res.To {
+		t.Fatalf("wake-ups = %+v; want one past %d", ws, res.To)
+	}
+}
