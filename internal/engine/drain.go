@@ -44,9 +44,10 @@ type Drainer struct {
 	Log   *slog.Logger
 	// Queue receives continuations and wake-ups; default WriteQueue.
 	Queue string
-	// LeaseDuration of the destination lease (15..60 s); default 30 s. A
-	// killed drain blocks its destination until the lease expires; safety
-	// does not depend on it (Invariant 5), so short is better.
+	// LeaseDuration of the destination lease (15..60 s); default
+	// DefaultLeaseDuration. A killed drain blocks its destination until the
+	// lease expires; safety does not depend on it (Invariant 5), so short
+	// is better.
 	LeaseDuration time.Duration
 	// HaltAfter is how many batches in a row may dead-letter records before
 	// the destination is halted (then it is the destination, not the data).
@@ -118,7 +119,7 @@ func (d *Drainer) defaults() {
 		d.Queue = WriteQueue
 	}
 	if d.LeaseDuration == 0 {
-		d.LeaseDuration = 30 * time.Second
+		d.LeaseDuration = DefaultLeaseDuration
 	}
 	if d.HaltAfter == 0 {
 		d.HaltAfter = 3
@@ -159,7 +160,7 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 		// The holder will see the new head before it stops: it looks again
 		// before releasing the lease, and once more after (below). A holder
 		// that never moves the checkpoint must still show in status.
-		d.noteStall(ctx, p.Name, dst.Name, cp.Seq, stallBusy, log)
+		d.noteStall(ctx, p.Name, dst.Name, cp, stallBusy, log)
 		return DrainResult{Outcome: OutcomeBusy, From: cp.Seq, To: cp.Seq}, nil
 	}
 	if err != nil {
@@ -172,7 +173,7 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 	}
 	if res.Outcome == OutcomeRewound && !res.stallNoted {
 		if cur, err := checkpoint.Load(ctx, d.Store, p.Name, dst.Name); err == nil {
-			d.noteStall(ctx, p.Name, dst.Name, cur.Seq, stallRewound, log)
+			d.noteStall(ctx, p.Name, dst.Name, cur, stallRewound, log)
 		}
 	}
 
@@ -312,8 +313,8 @@ func (d *Drainer) drainLeased(ctx context.Context, req DrainRequest, lease *azst
 
 // noteStall counts an outcome without progress of a wake-up that must not
 // write the checkpoint (it does not own it), for status.
-func (d *Drainer) noteStall(ctx context.Context, pipeline, destination string, seq int64, reason string, log *slog.Logger) {
-	if err := checkpoint.NoteStall(ctx, d.Store, pipeline, destination, seq, reason, d.Now().UTC()); err != nil {
+func (d *Drainer) noteStall(ctx context.Context, pipeline, destination string, at *checkpoint.Checkpoint, reason string, log *slog.Logger) {
+	if err := checkpoint.NoteStall(ctx, d.Store, pipeline, destination, at, reason, reason == stallBusy, d.Now().UTC()); err != nil {
 		log.Warn("could not note a drain without progress for status", "reason", reason, "err", err.Error())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -190,5 +191,131 @@ func TestDrainWithoutDeadlineEndsWhileTheHeadMoves(t *testing.T) {
 	ws := f.wakeUps(t, ctx)
 	if len(ws) != 1 || ws[0].Head <= res.To {
 		t.Fatalf("wake-ups = %+v; want one past %d", ws, res.To)
+	}
+}
+
+// Busy answers say only that a drain holds the lease, which a healthy drain
+// inside one slow batch does too: a few of them in a row are not stuck. A
+// checkpoint that has not moved for well over a lease duration while
+// wake-ups are answered busy is.
+func TestStatusBusyDuringASlowBatchIsNotStuck(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 100)
+	if res, err := f.d.Drain(ctx, f.req(100)); err != nil || res.Outcome != engine.OutcomeDrained {
+		t.Fatalf("drain = %+v, %v", res, err)
+	}
+	f.appendRecords(t, ctx, 200)
+	f.sink.mu.Lock()
+	f.sink.pause, f.sink.entered = make(chan struct{}), make(chan struct{})
+	pause, entered := f.sink.pause, f.sink.entered
+	f.sink.mu.Unlock()
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.d.Drain(ctx, f.req(300))
+		done <- err
+	}()
+	<-entered // the holder is inside a slow batch
+	for i := range 3 {
+		if res, err := f.d.Drain(ctx, f.req(300)); err != nil || res.Outcome != engine.OutcomeBusy {
+			t.Fatalf("wake-up %d = %+v, %v; want busy", i, res, err)
+		}
+	}
+	if ds := f.destStatus(t); ds["state"] != "ok" {
+		t.Fatalf("status during a slow batch = %v; want ok", ds)
+	}
+	// The same, with the checkpoint still for three minutes: stuck, and why.
+	ds := f.destStatusAt(t, time.Now().Add(3*time.Minute))
+	stalled, _ := ds["stalled"].(map[string]any)
+	if ds["state"] != "stuck" || stalled == nil || !strings.Contains(fmt.Sprint(stalled["reason"]), "busy") {
+		t.Fatalf("status three minutes later = %v; want stuck, busy", ds)
+	}
+	f.sink.mu.Lock()
+	f.sink.pause, f.sink.entered = nil, nil
+	f.sink.mu.Unlock()
+	close(pause)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if ds := f.destStatusAt(t, time.Now().Add(3*time.Minute)); ds["state"] != "ok" || ds["stalled"] != nil {
+		t.Fatalf("status after the slow batch = %v; want ok", ds)
+	}
+}
+
+// Refusals count by number as before, but a checkpoint that advanced
+// within the last lease durations is not stuck, whatever the count says.
+func TestStatusRefusalsRightAfterProgressAreNotStuck(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 100)
+	if res, err := f.d.Drain(ctx, f.req(100)); err != nil || res.Outcome != engine.OutcomeDrained {
+		t.Fatalf("drain = %+v, %v", res, err)
+	}
+	f.appendRecords(t, ctx, 100)
+	f.sink.mu.Lock()
+	f.sink.epoch = 1000
+	f.sink.mu.Unlock()
+	for i := range 3 {
+		if res, err := f.d.Drain(ctx, f.req(200)); err != nil || res.Outcome != engine.OutcomeRewound {
+			t.Fatalf("drain %d = %+v, %v; want refused", i, res, err)
+		}
+	}
+	if ds := f.destStatus(t); ds["state"] != "ok" {
+		t.Fatalf("status right after progress = %v; want ok", ds)
+	}
+	ds := f.destStatusAt(t, time.Now().Add(3*time.Minute))
+	stalled, _ := ds["stalled"].(map[string]any)
+	if ds["state"] != "stuck" || stalled == nil || !strings.Contains(fmt.Sprint(stalled["reason"]), "stale epoch") {
+		t.Fatalf("status three minutes later = %v; want stuck, stale epoch", ds)
+	}
+}
+
+// A stalls document status cannot read does not take the whole status
+// down: that destination's state is unknown, and says why.
+func TestStatusWithAnUnreadableStallsDocument(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 100)
+	if _, err := f.st.WriteDoc(ctx, "orders/dest/warehouse.stalls.json", "not a stalls document", ""); err != nil {
+		t.Fatal(err)
+	}
+	ds := f.destStatus(t)
+	if ds["state"] != "unknown" || !strings.Contains(fmt.Sprint(ds["stateError"]), "stalls") || ds["lagRecords"] != 100.0 {
+		t.Fatalf("status = %v; want state unknown with the reason, and the rest", ds)
+	}
+}
+
+// A replay that puts the checkpoint back where an old run of busy answers
+// was noted starts a new generation: the old run does not come back.
+func TestStatusForgetsStallsOfAnEarlierGeneration(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	f := newFixture(t, 100)
+	if res, err := f.d.Drain(ctx, f.req(100)); err != nil || res.Outcome != engine.OutcomeDrained {
+		t.Fatalf("drain = %+v, %v", res, err)
+	}
+	f.appendRecords(t, ctx, 100)
+	lease, err := f.st.AcquireLease(ctx, "orders/lock/warehouse", 15*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if res, err := f.d.Drain(ctx, f.req(200)); err != nil || res.Outcome != engine.OutcomeBusy {
+			t.Fatalf("wake-up %d = %+v, %v; want busy", i, res, err)
+		}
+	}
+	if err := lease.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := f.d.Drain(ctx, f.req(200)); err != nil || res.Outcome != engine.OutcomeDrained || res.To != 200 {
+		t.Fatalf("drain = %+v, %v", res, err)
+	}
+	if _, err := engine.Replay(ctx, f.st, engine.ReplayRequest{Pipeline: f.p, Destination: f.dst, FromSeq: 101}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	for _, now := range []time.Time{time.Now(), time.Now().Add(3 * time.Minute)} {
+		if ds := f.destStatusAt(t, now); ds["state"] != "ok" || ds["stalled"] != nil {
+			t.Fatalf("status at %s after the replay = %v; want ok without the stall of generation 0", now, ds)
+		}
 	}
 }
