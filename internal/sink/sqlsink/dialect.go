@@ -50,8 +50,10 @@ type dialect interface {
 	// lockCheckpoints takes a write lock on _sluice_checkpoints until the
 	// end of the transaction.
 	lockCheckpoints() string
-	// migrateCheckpoints turns a table keyed by destination alone into the
-	// shape of createCheckpoints; its rows become pipeline "" rows.
+	// migrateCheckpoints turns a table keyed by destination alone into one
+	// keyed by (pipeline, destination), in place where the database can
+	// (so that views and grants on it stay); its rows become pipeline ""
+	// rows. It runs after lockCheckpoints, in the same transaction.
 	migrateCheckpoints() []string
 	// seedCheckpoint takes (pipeline, destination) and, unless that row
 	// exists, inserts it with the epoch and seq of the legacy row
