@@ -129,8 +129,18 @@ func (sqlserver) checkpointsKeyed() string {
 	return `SELECT 1 WHERE COL_LENGTH(N'[_sluice_checkpoints]', N'pipeline') IS NOT NULL`
 }
 
+// lockCheckpoints takes an application lock owned by the transaction, so
+// that sinks opening at once migrate one after the other (the others then
+// find the work done). A query for no rows with a table lock hint may never
+// touch the table — TOP (0) can be optimised away — and so never lock.
+// Batches are kept out by the migration itself: ALTER TABLE holds a schema
+// modification lock on the table until the transaction ends (Invariant 5).
+// A lock not granted (timeout, deadlock victim) is an error, never a
+// migration without the lock.
 func (sqlserver) lockCheckpoints() string {
-	return `SELECT TOP (0) 1 FROM [_sluice_checkpoints] WITH (TABLOCKX, HOLDLOCK)`
+	return `DECLARE @lock int;
+EXEC @lock = sp_getapplock @Resource = N'sluice:_sluice_checkpoints', @LockMode = N'Exclusive', @LockOwner = N'Transaction', @LockTimeout = 60000;
+IF @lock < 0 THROW 50000, N'could not take the lock for migrating _sluice_checkpoints (sp_getapplock)', 1;`
 }
 
 // migrateCheckpoints changes the table in place: a new key column, then the

@@ -51,7 +51,9 @@ func TestSQLServerStatements(t *testing.T) {
 		{"checkpointsKeyed", d.checkpointsKeyed(),
 			"SELECT 1 WHERE COL_LENGTH(N'[_sluice_checkpoints]', N'pipeline') IS NOT NULL"},
 		{"lockCheckpoints", d.lockCheckpoints(),
-			"SELECT TOP (0) 1 FROM [_sluice_checkpoints] WITH (TABLOCKX, HOLDLOCK)"},
+			"DECLARE @lock int;\n" +
+				"EXEC @lock = sp_getapplock @Resource = N'sluice:_sluice_checkpoints', @LockMode = N'Exclusive', @LockOwner = N'Transaction', @LockTimeout = 60000;\n" +
+				"IF @lock < 0 THROW 50000, N'could not take the lock for migrating _sluice_checkpoints (sp_getapplock)', 1;"},
 		{"migrateCheckpoints", strings.Join(d.migrateCheckpoints(), ";\n"),
 			"ALTER TABLE [_sluice_checkpoints] ADD [pipeline] nvarchar(128) NOT NULL CONSTRAINT [_sluice_checkpoints_pipeline_default] DEFAULT N'';\n" +
 				"ALTER TABLE [_sluice_checkpoints] DROP CONSTRAINT [_sluice_checkpoints_pipeline_default];\n" +
