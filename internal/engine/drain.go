@@ -158,8 +158,9 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 	lease, err := d.Store.AcquireLease(ctx, lockName(p.Name, dst.Name), d.LeaseDuration)
 	if errors.Is(err, azstore.ErrLeaseHeld) {
 		// The holder will see the new head before it stops: it looks again
-		// before releasing the lease, and once more after (below). A holder
-		// that never moves the checkpoint must still show in status.
+		// before releasing the lease, and once more after (below); if the
+		// release fails, a wake-up looks once the lease has run out. A
+		// holder that never moves the checkpoint must still show in status.
 		d.noteStall(ctx, p.Name, dst.Name, cp, stallBusy, log)
 		return DrainResult{Outcome: OutcomeBusy, From: cp.Seq, To: cp.Seq}, nil
 	}
