@@ -358,11 +358,14 @@ func statusCmd() command {
 }
 
 // destinationState is the STATE column: the state, why a stuck destination
-// does not move, and the last error.
+// does not move or why the state is unknown, and the last error.
 func destinationState(d engine.DestinationStatus) string {
 	var why []string
 	if d.State == engine.StateStuck && d.Stalled != nil {
 		why = append(why, fmt.Sprintf("%s; %d times in a row since %s", d.Stalled.Reason, d.Stalled.Count, d.Stalled.Since.UTC().Format(time.RFC3339)))
+	}
+	if d.StateError != "" {
+		why = append(why, d.StateError)
 	}
 	if d.LastError != "" {
 		why = append(why, d.LastError)

@@ -15,6 +15,8 @@ import (
 
 	"github.com/sluicehq/sluice/internal/azstore"
 	"github.com/sluicehq/sluice/internal/changelog"
+	"github.com/sluicehq/sluice/internal/checkpoint"
+	"github.com/sluicehq/sluice/internal/engine"
 	"github.com/sluicehq/sluice/internal/testenv"
 )
 
@@ -169,7 +171,8 @@ func TestPipelinesSharingADestinationNameInOneDatabase(t *testing.T) {
 
 // A destination whose drains keep ending without progress (here: another
 // drain holds its lease and never moves the checkpoint) must not show as
-// ok in status, whose lag would just sit there.
+// ok in status, whose lag would just sit there — once that has lasted well
+// over a lease duration (a drain in one slow batch answers busy too).
 func TestStatusShowsAStuckDestination(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -192,14 +195,33 @@ func TestStatusShowsAStuckDestination(t *testing.T) {
 			t.Fatalf("write while the lease is held: %+v", r)
 		}
 	}
-	r := runCLI(t, env, "--config", cfg, "status")
-	t.Log("\n" + r.stdout)
-	var line string
-	for _, l := range strings.Split(r.stdout, "\n") {
-		if strings.Contains(l, "warehouse") {
-			line = l
+	statusLine := func() (string, result) {
+		r := runCLI(t, env, "--config", cfg, "status")
+		t.Log("\n" + r.stdout)
+		var line string
+		for _, l := range strings.Split(r.stdout, "\n") {
+			if strings.Contains(l, "warehouse") {
+				line = l
+			}
 		}
+		return line, r
 	}
+	if line, r := statusLine(); r.code != 0 || !strings.HasSuffix(strings.TrimSpace(line), " ok") {
+		t.Fatalf("status line right after the busy answers = %q; want ok\n%s", line, r.stdout)
+	}
+	// Time passes with the checkpoint still: the run of busy answers began
+	// longer ago than engine.StuckFor.
+	var stalls map[string]any
+	name := checkpoint.StallsName("orders", "warehouse")
+	etag, err := st.ReadDoc(ctx, name, &stalls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stalls["since"] = time.Now().Add(-engine.StuckFor - time.Minute).UTC().Format(time.RFC3339Nano)
+	if _, err := st.WriteDoc(ctx, name, stalls, etag); err != nil {
+		t.Fatal(err)
+	}
+	line, r := statusLine()
 	if r.code != 0 || strings.Contains(line, " ok") || !strings.Contains(line, "stuck") || !strings.Contains(line, "busy") {
 		t.Fatalf("status line of the stuck destination = %q; want it stuck and why\n%s", line, r.stdout)
 	}

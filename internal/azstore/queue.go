@@ -33,11 +33,16 @@ func (s *Store) EnsureQueue(ctx context.Context, queue string) error {
 // encoding for queue triggers (messageEncoding "base64"). The queue is
 // created when missing.
 func (s *Store) Enqueue(ctx context.Context, queue string, v any) error {
+	return s.EnqueueAfter(ctx, queue, v, 0)
+}
+
+// EnqueueAfter is Enqueue with the message visible only after delay.
+func (s *Store) EnqueueAfter(ctx context.Context, queue string, v any, delay time.Duration) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("enqueue to %s: encode: %w", queue, err)
 	}
-	return s.EnqueueText(ctx, queue, base64.StdEncoding.EncodeToString(data), 0)
+	return s.EnqueueText(ctx, queue, base64.StdEncoding.EncodeToString(data), delay)
 }
 
 // EnqueueText sends text exactly as given, visible after delay.

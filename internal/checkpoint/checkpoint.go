@@ -127,12 +127,24 @@ func Save(ctx context.Context, st *azstore.Store, pipeline, destination string, 
 // They must not touch the checkpoint — its owner takes any change for an
 // operator's rewind and stops (Invariant 5) — so they keep this document
 // next to it, <pipeline>/dest/<destination>.stalls.json. It counts only
-// while the checkpoint stays at Seq: a checkpoint that moved ends the run.
+// while the checkpoint stays at Seq in Generation: a checkpoint that moved
+// ends the run, and so does a replay, even one back to the same seq.
 type Stalls struct {
-	Seq int64 `json:"seq"`
+	Seq        int64 `json:"seq"`
+	Generation int64 `json:"generation"`
 	Stall
+	// Busy is how many outcomes of the run were wake-ups answered busy.
+	// A busy answer says only that a drain holds the lease, which a healthy
+	// drain inside a slow batch does too: status weighs them by time, not
+	// by number.
+	Busy int `json:"busy,omitempty"`
 
 	etag azstore.ETag
+}
+
+// At reports whether the run was seen with the checkpoint where cp is.
+func (s *Stalls) At(cp *Checkpoint) bool {
+	return s.Seq == cp.Seq && s.Generation == cp.Generation
 }
 
 // StallsName is the blob name of a destination's stalls document.
@@ -154,21 +166,25 @@ func LoadStalls(ctx context.Context, st *azstore.Store, pipeline, destination st
 	return &s, nil
 }
 
-// NoteStall adds one outcome without progress, seen with the checkpoint at
-// seq, to a destination's stalls; a run kept for another seq starts over.
-// Writers race by compare-and-swap and retry a few times; the document is a
-// diagnosis, so a write that keeps losing is given up.
-func NoteStall(ctx context.Context, st *azstore.Store, pipeline, destination string, seq int64, reason string, now time.Time) error {
+// NoteStall adds one outcome without progress, seen with the checkpoint
+// where at is (seq and generation), to a destination's stalls; a run kept
+// for another seq or generation starts over. busy marks a wake-up answered
+// busy. Writers race by compare-and-swap and retry a few times; the
+// document is a diagnosis, so a write that keeps losing is given up.
+func NoteStall(ctx context.Context, st *azstore.Store, pipeline, destination string, at *Checkpoint, reason string, busy bool, now time.Time) error {
 	var err error
 	for range 4 {
 		var s *Stalls
 		if s, err = LoadStalls(ctx, st, pipeline, destination); err != nil {
 			return err
 		}
-		if s.Seq != seq {
-			s.Seq, s.Stall = seq, Stall{}
+		if !s.At(at) {
+			s.Seq, s.Generation, s.Stall, s.Busy = at.Seq, at.Generation, Stall{}, 0
 		}
 		s.Note(reason, now)
+		if busy {
+			s.Busy++
+		}
 		if _, err = st.WriteDoc(ctx, StallsName(pipeline, destination), s, s.etag); !errors.Is(err, azstore.ErrConflict) {
 			break
 		}

@@ -58,19 +58,26 @@ func TestStallsCountWhileTheCheckpointStays(t *testing.T) {
 	}
 	t0 := time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)
 	for i := range 3 {
-		if err := checkpoint.NoteStall(ctx, st, "orders", "warehouse", 5, "busy", t0.Add(time.Duration(i)*time.Minute)); err != nil {
+		if err := checkpoint.NoteStall(ctx, st, "orders", "warehouse", &checkpoint.Checkpoint{Seq: 5}, "busy", true, t0.Add(time.Duration(i)*time.Minute)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	s, err := checkpoint.LoadStalls(ctx, st, "orders", "warehouse")
-	if err != nil || s.Seq != 5 || s.Count != 3 || s.Reason != "busy" || !s.Since.Equal(t0) || !s.Last.Equal(t0.Add(2*time.Minute)) {
+	if err != nil || s.Seq != 5 || s.Count != 3 || s.Busy != 3 || s.Reason != "busy" || !s.Since.Equal(t0) || !s.Last.Equal(t0.Add(2*time.Minute)) {
 		t.Fatalf("stalls = %+v, %v; want 3 at seq 5", s, err)
 	}
 	// The checkpoint moved: the run starts over.
-	if err := checkpoint.NoteStall(ctx, st, "orders", "warehouse", 9, "rewound", t0.Add(time.Hour)); err != nil {
+	if err := checkpoint.NoteStall(ctx, st, "orders", "warehouse", &checkpoint.Checkpoint{Seq: 9}, "rewound", false, t0.Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if s, err := checkpoint.LoadStalls(ctx, st, "orders", "warehouse"); err != nil || s.Seq != 9 || s.Count != 1 || s.Reason != "rewound" || !s.Since.Equal(t0.Add(time.Hour)) {
+	if s, err := checkpoint.LoadStalls(ctx, st, "orders", "warehouse"); err != nil || s.Seq != 9 || s.Count != 1 || s.Busy != 0 || s.Reason != "rewound" || !s.Since.Equal(t0.Add(time.Hour)) {
 		t.Fatalf("stalls = %+v, %v; want a new run at seq 9", s, err)
+	}
+	// A replay back to the same seq is a new generation: a new run too.
+	if err := checkpoint.NoteStall(ctx, st, "orders", "warehouse", &checkpoint.Checkpoint{Seq: 9, Generation: 1}, "busy", true, t0.Add(2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := checkpoint.LoadStalls(ctx, st, "orders", "warehouse"); err != nil || s.Seq != 9 || s.Generation != 1 || s.Count != 1 || s.Busy != 1 || !s.Since.Equal(t0.Add(2*time.Hour)) {
+		t.Fatalf("stalls = %+v, %v; want a new run at seq 9, generation 1", s, err)
 	}
 }

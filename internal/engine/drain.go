@@ -44,9 +44,10 @@ type Drainer struct {
 	Log   *slog.Logger
 	// Queue receives continuations and wake-ups; default WriteQueue.
 	Queue string
-	// LeaseDuration of the destination lease (15..60 s); default 30 s. A
-	// killed drain blocks its destination until the lease expires; safety
-	// does not depend on it (Invariant 5), so short is better.
+	// LeaseDuration of the destination lease (15..60 s); default
+	// DefaultLeaseDuration. A killed drain blocks its destination until the
+	// lease expires; safety does not depend on it (Invariant 5), so short
+	// is better.
 	LeaseDuration time.Duration
 	// HaltAfter is how many batches in a row may dead-letter records before
 	// the destination is halted (then it is the destination, not the data).
@@ -102,6 +103,8 @@ type DrainResult struct {
 
 	// stallNoted: the outcome was already counted on the checkpoint.
 	stallNoted bool
+	// leaseKept: the lease could not be released; it runs out by itself.
+	leaseKept bool
 }
 
 // Why a drain ended without progress, as status shows it.
@@ -116,7 +119,7 @@ func (d *Drainer) defaults() {
 		d.Queue = WriteQueue
 	}
 	if d.LeaseDuration == 0 {
-		d.LeaseDuration = 30 * time.Second
+		d.LeaseDuration = DefaultLeaseDuration
 	}
 	if d.HaltAfter == 0 {
 		d.HaltAfter = 3
@@ -155,9 +158,10 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 	lease, err := d.Store.AcquireLease(ctx, lockName(p.Name, dst.Name), d.LeaseDuration)
 	if errors.Is(err, azstore.ErrLeaseHeld) {
 		// The holder will see the new head before it stops: it looks again
-		// before releasing the lease, and once more after (below). A holder
-		// that never moves the checkpoint must still show in status.
-		d.noteStall(ctx, p.Name, dst.Name, cp.Seq, stallBusy, log)
+		// before releasing the lease, and once more after (below); if the
+		// release fails, a wake-up looks once the lease has run out. A
+		// holder that never moves the checkpoint must still show in status.
+		d.noteStall(ctx, p.Name, dst.Name, cp, stallBusy, log)
 		return DrainResult{Outcome: OutcomeBusy, From: cp.Seq, To: cp.Seq}, nil
 	}
 	if err != nil {
@@ -170,7 +174,7 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 	}
 	if res.Outcome == OutcomeRewound && !res.stallNoted {
 		if cur, err := checkpoint.Load(ctx, d.Store, p.Name, dst.Name); err == nil {
-			d.noteStall(ctx, p.Name, dst.Name, cur.Seq, stallRewound, log)
+			d.noteStall(ctx, p.Name, dst.Name, cur, stallRewound, log)
 		}
 	}
 
@@ -184,9 +188,30 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 	default:
 		return res, nil
 	}
-	head, known := res.Head, false
+	if res.leaseKept {
+		// The release failed: the lease stays until it runs out, up to
+		// LeaseDuration after its last renewal, and wake-ups until then are
+		// answered busy after this drain's last look at the head. One
+		// wake-up, visible once the lease is surely gone, looks for them
+		// (and continues, or follows the rewind): an earlier one would be
+		// answered busy too. Its head is 0, unknown: the head it must see
+		// is one committed after now.
+		w := WakeUp{Pipeline: p.Name, Destination: dst.Name}
+		if err := d.Store.EnqueueAfter(ctx, d.Queue, w, d.LeaseDuration+5*time.Second); err != nil {
+			return res, fmt.Errorf("enqueue a wake-up of %s/%s after its drain (%s at %d) could not release the lease: %w", p.Name, dst.Name, res.Outcome, res.To, err)
+		}
+		return res, nil
+	}
+	// A head this look could not read stays 0 in the wake-up: 0 means
+	// unknown, so the next drain reads the head itself. Any seq this drain
+	// knows of (the head it reached) would be at or before the checkpoint,
+	// and Write 1 would complete the wake-up as idle while the records
+	// behind a busy answer wait for the next tick.
+	head, known := int64(0), false
 	if st, err := lg.LoadState(ctx); err == nil {
 		head, known = st.Head.Seq, true
+	} else {
+		log.Warn("could not look at the head after the drain; the wake-up leaves it to the next drain", "err", err.Error())
 	}
 	if (res.Outcome == OutcomeDrained || res.Outcome == OutcomeIdle) && known && head <= res.To {
 		return res, nil
@@ -201,7 +226,7 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 
 // drainLeased is the part of a drain that holds the destination lease; the
 // lease is released when it returns, after the sink was closed.
-func (d *Drainer) drainLeased(ctx context.Context, req DrainRequest, lease *azstore.Lease, lg *changelog.Log, log *slog.Logger) (DrainResult, error) {
+func (d *Drainer) drainLeased(ctx context.Context, req DrainRequest, lease *azstore.Lease, lg *changelog.Log, log *slog.Logger) (out DrainResult, err error) {
 	p, dst := req.Pipeline, req.Destination
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -209,7 +234,10 @@ func (d *Drainer) drainLeased(ctx context.Context, req DrainRequest, lease *azst
 	defer func() {
 		stopKeep()
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		_ = lease.Release(rctx)
+		if rerr := lease.Release(rctx); rerr != nil {
+			log.Warn("could not release the destination lease; it runs out by itself", "err", rerr.Error())
+			out.leaseKept = true
+		}
 		rcancel()
 	}()
 
@@ -253,7 +281,7 @@ func (d *Drainer) drainLeased(ctx context.Context, req DrainRequest, lease *azst
 	}
 	head := st.Head
 	var slowest time.Duration
-	for {
+	for pass := 1; ; pass++ {
 		res, err = d.run(ctx, req, lg, head, cp, sk, res, &slowest, log)
 		if err != nil {
 			if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil && !errors.Is(cause, context.Canceled) {
@@ -272,7 +300,11 @@ func (d *Drainer) drainLeased(ctx context.Context, req DrainRequest, lease *azst
 			return res, nil // a failed look is repeated after the release
 		}
 		head, res.Head = st.Head, st.Head.Seq
-		if d.budgetSpent(req, slowest) {
+		// Without a deadline (sluice write, sluice replay) only the head
+		// would end this loop, and a busy list keeps moving it: one pass
+		// past the head seen at the start, and the wake-up after the
+		// release takes the rest.
+		if d.budgetSpent(req, slowest) || req.Deadline.IsZero() && pass >= 2 {
 			res.Outcome = OutcomeContinued
 			return res, nil
 		}
@@ -282,8 +314,8 @@ func (d *Drainer) drainLeased(ctx context.Context, req DrainRequest, lease *azst
 
 // noteStall counts an outcome without progress of a wake-up that must not
 // write the checkpoint (it does not own it), for status.
-func (d *Drainer) noteStall(ctx context.Context, pipeline, destination string, seq int64, reason string, log *slog.Logger) {
-	if err := checkpoint.NoteStall(ctx, d.Store, pipeline, destination, seq, reason, d.Now().UTC()); err != nil {
+func (d *Drainer) noteStall(ctx context.Context, pipeline, destination string, at *checkpoint.Checkpoint, reason string, log *slog.Logger) {
+	if err := checkpoint.NoteStall(ctx, d.Store, pipeline, destination, at, reason, reason == stallBusy, d.Now().UTC()); err != nil {
 		log.Warn("could not note a drain without progress for status", "reason", reason, "err", err.Error())
 	}
 }

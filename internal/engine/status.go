@@ -33,8 +33,11 @@ type DestinationStatus struct {
 	Generation int64   `json:"generation"`
 	LagRecords int64   `json:"lagRecords"`
 	LagSeconds float64 `json:"lagSeconds"`
-	// State sums up the rest: StateOK, StateHalted, StateStuck or StateError.
-	State       string    `json:"state"`
+	// State sums up the rest: StateOK, StateHalted, StateStuck, StateError
+	// or StateUnknown.
+	State string `json:"state"`
+	// StateError says why State is StateUnknown.
+	StateError  string    `json:"stateError,omitempty"`
 	Halted      bool      `json:"halted,omitempty"`
 	LastError   string    `json:"lastError,omitempty"`
 	LastErrorAt time.Time `json:"lastErrorAt,omitzero"`
@@ -46,16 +49,27 @@ type DestinationStatus struct {
 
 // Destination states in status.
 const (
-	StateOK     = "ok"
-	StateHalted = "halted" // stopped on rejected records until a replay or `sluice write`
-	StateStuck  = "stuck"  // StuckAfter or more outcomes in a row without progress
-	StateError  = "error"  // the last drain failed (LastError)
+	StateOK      = "ok"
+	StateHalted  = "halted"  // stopped on rejected records until a replay or `sluice write`
+	StateStuck   = "stuck"   // behind, and the checkpoint does not move (see health)
+	StateError   = "error"   // the last drain failed (LastError)
+	StateUnknown = "unknown" // status could not tell (StateError says why)
 )
 
-// StuckAfter is how many outcomes without progress in a row (a refused
-// epoch, a rewind, a wake-up answered busy) make a destination that is
-// behind its head stuck.
+// DefaultLeaseDuration is the destination lease's duration unless the
+// Drainer sets another.
+const DefaultLeaseDuration = 30 * time.Second
+
+// StuckAfter is how many refused or rewound drains in a row, without the
+// checkpoint moving, make a destination that is behind its head stuck.
 const StuckAfter = 3
+
+// StuckFor is how long a destination that is behind must have kept its
+// checkpoint still before wake-ups answered busy make it stuck — well over a
+// lease duration: a healthy drain inside one slow batch renews its lease
+// and has every wake-up answered busy meanwhile. A checkpoint that moved
+// within StuckFor is never stuck.
+const StuckFor = 2 * DefaultLeaseDuration
 
 // Status reports heads, checkpoints, lag and last errors of the pipelines
 // (all when only is empty).
@@ -82,11 +96,13 @@ func Status(ctx context.Context, st *azstore.Store, cfg *config.Config, only str
 			ds := DestinationStatus{Name: d.Name, Type: d.Type, Checkpoint: cp.Seq, Generation: cp.Generation,
 				LagRecords: max(0, ps.Head.Seq-cp.Seq), Halted: cp.Halted, LastError: cp.LastError,
 				LastErrorAt: cp.LastErrorAt, DeadLetters: cp.DeadLetters}
-			stalls, err := checkpoint.LoadStalls(ctx, st, p.Name, d.Name)
-			if err != nil {
-				return nil, err
+			if stalls, err := checkpoint.LoadStalls(ctx, st, p.Name, d.Name); err != nil {
+				// The stalls are a diagnosis: without them this
+				// destination's health is unknown, and nothing else.
+				ds.State, ds.StateError = StateUnknown, err.Error()
+			} else {
+				ds.Stalled, ds.State = health(cp, stalls, ds.LagRecords, now)
 			}
-			ds.Stalled, ds.State = health(cp, stalls, ds.LagRecords)
 			// Lag by event time: how far behind the head's capture time the
 			// destination's last applied record is. An idle pipeline whose
 			// destinations are caught up is not behind, however old its head.
@@ -110,13 +126,21 @@ func Status(ctx context.Context, st *azstore.Store, cfg *config.Config, only str
 
 // health joins the stall counted on the checkpoint (drains it refused) with
 // the one kept beside it (wake-ups answered busy, rewound drains), which
-// counts only while the checkpoint has not moved since, and says what state
-// the destination is in.
-func health(cp *checkpoint.Checkpoint, side *checkpoint.Stalls, lag int64) (*checkpoint.Stall, string) {
+// counts only while the checkpoint stays at the seq and generation it was
+// seen at, and says what state the destination is in.
+//
+// A destination behind its head is stuck when its checkpoint has not moved
+// within StuckFor and either StuckAfter refused or rewound drains in a row
+// found it there, or wake-ups were answered busy while it stood still for
+// longer than StuckFor. Busy answers count by time, not by number: they
+// say only that a drain holds the lease.
+func health(cp *checkpoint.Checkpoint, side *checkpoint.Stalls, lag int64, now time.Time) (*checkpoint.Stall, string) {
 	var stall *checkpoint.Stall
+	counted, busy := 0, false
 	if lag > 0 {
 		s := cp.Stalled
-		if side.Seq == cp.Seq && side.Count > 0 {
+		counted = s.Count
+		if side.Count > 0 && side.At(cp) {
 			if s.Count == 0 || side.Since.Before(s.Since) {
 				s.Since = side.Since
 			}
@@ -124,15 +148,37 @@ func health(cp *checkpoint.Checkpoint, side *checkpoint.Stalls, lag int64) (*che
 				s.Reason, s.Last = side.Reason, side.Last
 			}
 			s.Count += side.Count
+			counted += side.Count - side.Busy
+			busy = side.Busy > 0
 		}
 		if s.Count > 0 {
 			stall = &s
 		}
 	}
+	// When the checkpoint last moved: forward with a batch, or back with a
+	// replay. One that never moved stood still at least since the run of
+	// busy answers began.
+	moved := cp.UpdatedAt
+	if n := len(cp.Replays); n > 0 && cp.Replays[n-1].At.After(moved) {
+		moved = cp.Replays[n-1].At
+	}
+	still := moved
+	if still.IsZero() && busy {
+		still = side.Since
+	}
+	stuck := false
+	switch {
+	case stall == nil || !moved.IsZero() && now.Sub(moved) <= StuckFor:
+	case counted >= StuckAfter:
+		stuck = true
+	case busy && now.Sub(still) > StuckFor:
+		stuck = true
+		stall.Reason = stallBusy
+	}
 	switch {
 	case cp.Halted:
 		return stall, StateHalted
-	case stall != nil && stall.Count >= StuckAfter:
+	case stuck:
 		return stall, StateStuck
 	case cp.LastError != "":
 		return stall, StateError

@@ -279,3 +279,58 @@ func (l *lockedLog) Write(p []byte) (int, error) {
 }
 
 func (l *lockedLog) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.buf.String() }
+
+// A user's view on a legacy _sluice_checkpoints (and, on PostgreSQL, a grant
+// on it) survives the migration: the table is changed in place, not
+// replaced, so the view still reads it — migrated rows included — and the
+// migration is not refused because something depends on the table.
+func TestLegacyCheckpointsUnderAViewAreMigrated(t *testing.T) {
+	t.Parallel()
+	for _, driver := range checkpointDrivers {
+		t.Run(driver, func(t *testing.T) {
+			t.Parallel()
+			d := newDest(t, driver, "hard", "items")
+			d.legacyCheckpoints(t, map[string][2]int64{"warehouse": {50, 100}})
+			d.exec(t, `CREATE VIEW "checkpoint_report" AS SELECT "destination", "seq" FROM "_sluice_checkpoints"`)
+			if driver == "postgres" {
+				d.exec(t, `GRANT SELECT ON "_sluice_checkpoints" TO PUBLIC`)
+			}
+
+			orders := d.open(t, "orders", "warehouse")
+			mustApply(t, orders, batch("orders", "warehouse", 49, 101), sink.ErrStaleEpoch)
+			mustApply(t, orders, batch("orders", "warehouse", 50, 101), nil)
+			want := map[string][2]int64{"/warehouse": {50, 100}, "orders/warehouse": {50, 101}}
+			if got := d.checkpointRows(t); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("_sluice_checkpoints = %v, want %v", got, want)
+			}
+			var seqs []int64
+			for _, r := range d.rows(t, "checkpoint_report") {
+				seqs = append(seqs, toInt(r["seq"]))
+			}
+			sort.Slice(seqs, func(i, j int) bool { return seqs[i] < seqs[j] })
+			if fmt.Sprint(seqs) != "[100 101]" {
+				t.Fatalf("the view reads seqs %v, want [100 101] (the migrated table)", seqs)
+			}
+			if driver == "postgres" {
+				var acl string
+				ctx := context.Background()
+				conn, err := pgx.Connect(ctx, d.dsn)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer conn.Close(ctx)
+				if err := conn.QueryRow(ctx, `SELECT COALESCE(relacl::text, '') FROM pg_class WHERE oid = '"_sluice_checkpoints"'::regclass`).Scan(&acl); err != nil {
+					t.Fatal(err)
+				}
+				if !strings.Contains(acl, "=r/") {
+					t.Fatalf("grants on _sluice_checkpoints after the migration = %q; want SELECT to PUBLIC kept", acl)
+				}
+			}
+			// Opening again changes nothing.
+			d.open(t, "orders", "warehouse")
+			if got := d.checkpointRows(t); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("after a second open _sluice_checkpoints = %v, want %v", got, want)
+			}
+		})
+	}
+}

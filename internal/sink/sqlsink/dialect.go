@@ -47,11 +47,16 @@ type dialect interface {
 	// of createCheckpoints (keyed by pipeline and destination), none when it
 	// is keyed by destination alone (sluice before that) or missing.
 	checkpointsKeyed() string
-	// lockCheckpoints takes a write lock on _sluice_checkpoints until the
-	// end of the transaction.
+	// lockCheckpoints takes a lock until the end of the transaction that
+	// makes concurrent migrations of _sluice_checkpoints wait for each
+	// other: a write lock on the table (PostgreSQL, SQLite) or an
+	// application lock (SQL Server, whose ALTER TABLE then keeps batches
+	// out until the commit).
 	lockCheckpoints() string
-	// migrateCheckpoints turns a table keyed by destination alone into the
-	// shape of createCheckpoints; its rows become pipeline "" rows.
+	// migrateCheckpoints turns a table keyed by destination alone into one
+	// keyed by (pipeline, destination), in place where the database can
+	// (so that views and grants on it stay); its rows become pipeline ""
+	// rows. It runs after lockCheckpoints, in the same transaction.
 	migrateCheckpoints() []string
 	// seedCheckpoint takes (pipeline, destination) and, unless that row
 	// exists, inserts it with the epoch and seq of the legacy row

@@ -160,15 +160,26 @@ func (postgres) lockCheckpoints() string {
 	return `LOCK TABLE "_sluice_checkpoints" IN ACCESS EXCLUSIVE MODE`
 }
 
-// migrateCheckpoints rebuilds the table (a primary key cannot be widened in
-// place); the old primary key index is renamed out of the new one's way.
-func (p postgres) migrateCheckpoints() []string {
+// migrateCheckpoints changes the table in place: a new key column, then the
+// primary key swapped for one on (pipeline, destination). The table stays
+// the same object, so a user's views on it, its grants and its owner stay
+// as they were; rebuilding it would have to drop the old table, which a
+// view makes fail (SQLSTATE 2BP01) on every Open. The old primary key's
+// name is looked up in the catalog, as nothing guarantees the default
+// name. The default of the new column only fills the existing rows.
+func (postgres) migrateCheckpoints() []string {
 	return []string{
-		`ALTER TABLE "_sluice_checkpoints" RENAME TO "_sluice_checkpoints_legacy"`,
-		`ALTER INDEX IF EXISTS "_sluice_checkpoints_pkey" RENAME TO "_sluice_checkpoints_legacy_pkey"`,
-		p.createCheckpoints(),
-		`INSERT INTO "_sluice_checkpoints" ("pipeline", "destination", "epoch", "seq") SELECT '', "destination", "epoch", "seq" FROM "_sluice_checkpoints_legacy"`,
-		`DROP TABLE "_sluice_checkpoints_legacy"`,
+		`ALTER TABLE "_sluice_checkpoints" ADD COLUMN "pipeline" text NOT NULL DEFAULT ''`,
+		`ALTER TABLE "_sluice_checkpoints" ALTER COLUMN "pipeline" DROP DEFAULT`,
+		`DO $$
+DECLARE pk name;
+BEGIN
+	SELECT conname INTO pk FROM pg_constraint WHERE conrelid = '"_sluice_checkpoints"'::regclass AND contype = 'p';
+	IF pk IS NOT NULL THEN
+		EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', '"_sluice_checkpoints"'::regclass, pk);
+	END IF;
+END $$`,
+		`ALTER TABLE "_sluice_checkpoints" ADD PRIMARY KEY ("pipeline", "destination")`,
 	}
 }
 

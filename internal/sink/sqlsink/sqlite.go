@@ -151,14 +151,22 @@ func (sqlite) lockCheckpoints() string {
 	return `DELETE FROM "_sluice_checkpoints" WHERE 0`
 }
 
-// migrateCheckpoints rebuilds the table: SQLite cannot change a primary key
-// in place.
-func (s sqlite) migrateCheckpoints() []string {
+// migrateCheckpoints rebuilds the table, as SQLite cannot change a primary
+// key in place, in the order its documentation gives for schema changes
+// (lang_altertable.html, "Making Other Kinds Of Table Schema Changes"):
+// create the new table under another name, copy, drop the old one, rename
+// the new one to the old name. A user's view on the table keeps its text
+// and reads the new table; renaming the old table away first would have
+// rewritten the view to the name about to be dropped.
+func (sqlite) migrateCheckpoints() []string {
 	return []string{
-		`ALTER TABLE "_sluice_checkpoints" RENAME TO "_sluice_checkpoints_legacy"`,
-		s.createCheckpoints(),
-		`INSERT INTO "_sluice_checkpoints" ("pipeline", "destination", "epoch", "seq") SELECT '', "destination", "epoch", "seq" FROM "_sluice_checkpoints_legacy"`,
-		`DROP TABLE "_sluice_checkpoints_legacy"`,
+		`DROP TABLE IF EXISTS "_sluice_checkpoints_new"`,
+		`CREATE TABLE "_sluice_checkpoints_new" ("pipeline" TEXT NOT NULL, "destination" TEXT NOT NULL, "epoch" INTEGER NOT NULL, "seq" INTEGER NOT NULL, PRIMARY KEY ("pipeline", "destination"))`,
+		`INSERT INTO "_sluice_checkpoints_new" ("pipeline", "destination", "epoch", "seq") SELECT '', "destination", "epoch", "seq" FROM "_sluice_checkpoints"`,
+		`DROP TABLE "_sluice_checkpoints"`,
+		`PRAGMA legacy_alter_table = ON`,
+		`ALTER TABLE "_sluice_checkpoints_new" RENAME TO "_sluice_checkpoints"`,
+		`PRAGMA legacy_alter_table = OFF`,
 	}
 }
 

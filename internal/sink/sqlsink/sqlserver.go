@@ -129,18 +129,39 @@ func (sqlserver) checkpointsKeyed() string {
 	return `SELECT 1 WHERE COL_LENGTH(N'[_sluice_checkpoints]', N'pipeline') IS NOT NULL`
 }
 
+// lockCheckpoints takes an application lock owned by the transaction, so
+// that sinks opening at once migrate one after the other (the others then
+// find the work done). A query for no rows with a table lock hint may never
+// touch the table — TOP (0) can be optimised away — and so never lock.
+// Batches are kept out by the migration itself: ALTER TABLE holds a schema
+// modification lock on the table until the transaction ends (Invariant 5).
+// A lock not granted (timeout, deadlock victim) is an error, never a
+// migration without the lock.
 func (sqlserver) lockCheckpoints() string {
-	return `SELECT TOP (0) 1 FROM [_sluice_checkpoints] WITH (TABLOCKX, HOLDLOCK)`
+	return `DECLARE @lock int;
+EXEC @lock = sp_getapplock @Resource = N'sluice:_sluice_checkpoints', @LockMode = N'Exclusive', @LockOwner = N'Transaction', @LockTimeout = 60000;
+IF @lock < 0 THROW 50000, N'could not take the lock for migrating _sluice_checkpoints (sp_getapplock)', 1;`
 }
 
-// migrateCheckpoints rebuilds the table: its primary key constraint has a
-// generated name, and a rebuild gives exactly the shape of a new table.
-func (d sqlserver) migrateCheckpoints() []string {
+// migrateCheckpoints changes the table in place: a new key column, then the
+// primary key (its constraint has a generated name, looked up in the
+// catalog) swapped for one on (pipeline, destination). The table stays the
+// same object, so a user's views on it and its permissions stay as they
+// were. The default of the new column only fills the existing rows. A
+// legacy destination column is nvarchar(450), so SQL Server warns that the
+// new key may exceed 900 bytes; no row can (new rows are two names of at
+// most 128 characters, legacy rows have an empty pipeline).
+func (sqlserver) migrateCheckpoints() []string {
 	return []string{
-		`EXEC sp_rename N'_sluice_checkpoints', N'_sluice_checkpoints_legacy'`,
-		d.createCheckpoints(),
-		`INSERT INTO [_sluice_checkpoints] ([pipeline], [destination], [epoch], [seq]) SELECT N'', [destination], [epoch], [seq] FROM [_sluice_checkpoints_legacy]`,
-		`DROP TABLE [_sluice_checkpoints_legacy]`,
+		`ALTER TABLE [_sluice_checkpoints] ADD [pipeline] nvarchar(128) NOT NULL CONSTRAINT [_sluice_checkpoints_pipeline_default] DEFAULT N''`,
+		`ALTER TABLE [_sluice_checkpoints] DROP CONSTRAINT [_sluice_checkpoints_pipeline_default]`,
+		`DECLARE @pk sysname = (SELECT [name] FROM sys.key_constraints WHERE [parent_object_id] = OBJECT_ID(N'[_sluice_checkpoints]') AND [type] = 'PK');
+IF @pk IS NOT NULL
+BEGIN
+	DECLARE @drop nvarchar(max) = N'ALTER TABLE [_sluice_checkpoints] DROP CONSTRAINT ' + QUOTENAME(@pk);
+	EXEC sp_executesql @drop;
+END`,
+		`ALTER TABLE [_sluice_checkpoints] ADD PRIMARY KEY ([pipeline], [destination])`,
 	}
 }
 

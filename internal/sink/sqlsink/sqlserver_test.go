@@ -51,12 +51,19 @@ func TestSQLServerStatements(t *testing.T) {
 		{"checkpointsKeyed", d.checkpointsKeyed(),
 			"SELECT 1 WHERE COL_LENGTH(N'[_sluice_checkpoints]', N'pipeline') IS NOT NULL"},
 		{"lockCheckpoints", d.lockCheckpoints(),
-			"SELECT TOP (0) 1 FROM [_sluice_checkpoints] WITH (TABLOCKX, HOLDLOCK)"},
+			"DECLARE @lock int;\n" +
+				"EXEC @lock = sp_getapplock @Resource = N'sluice:_sluice_checkpoints', @LockMode = N'Exclusive', @LockOwner = N'Transaction', @LockTimeout = 60000;\n" +
+				"IF @lock < 0 THROW 50000, N'could not take the lock for migrating _sluice_checkpoints (sp_getapplock)', 1;"},
 		{"migrateCheckpoints", strings.Join(d.migrateCheckpoints(), ";\n"),
-			"EXEC sp_rename N'_sluice_checkpoints', N'_sluice_checkpoints_legacy';\n" +
-				"IF OBJECT_ID(N'[_sluice_checkpoints]', N'U') IS NULL CREATE TABLE [_sluice_checkpoints] ([pipeline] nvarchar(128) NOT NULL, [destination] nvarchar(128) NOT NULL, [epoch] bigint NOT NULL, [seq] bigint NOT NULL, PRIMARY KEY ([pipeline], [destination]));\n" +
-				"INSERT INTO [_sluice_checkpoints] ([pipeline], [destination], [epoch], [seq]) SELECT N'', [destination], [epoch], [seq] FROM [_sluice_checkpoints_legacy];\n" +
-				"DROP TABLE [_sluice_checkpoints_legacy]"},
+			"ALTER TABLE [_sluice_checkpoints] ADD [pipeline] nvarchar(128) NOT NULL CONSTRAINT [_sluice_checkpoints_pipeline_default] DEFAULT N'';\n" +
+				"ALTER TABLE [_sluice_checkpoints] DROP CONSTRAINT [_sluice_checkpoints_pipeline_default];\n" +
+				"DECLARE @pk sysname = (SELECT [name] FROM sys.key_constraints WHERE [parent_object_id] = OBJECT_ID(N'[_sluice_checkpoints]') AND [type] = 'PK');\n" +
+				"IF @pk IS NOT NULL\n" +
+				"BEGIN\n" +
+				"\tDECLARE @drop nvarchar(max) = N'ALTER TABLE [_sluice_checkpoints] DROP CONSTRAINT ' + QUOTENAME(@pk);\n" +
+				"\tEXEC sp_executesql @drop;\n" +
+				"END;\n" +
+				"ALTER TABLE [_sluice_checkpoints] ADD PRIMARY KEY ([pipeline], [destination])"},
 		{"seedCheckpoint", d.seedCheckpoint(),
 			"MERGE [_sluice_checkpoints] WITH (HOLDLOCK) AS c\n" +
 				"USING (SELECT @p1 AS [pipeline], l.[destination], l.[epoch], l.[seq] FROM [_sluice_checkpoints] AS l WHERE l.[pipeline] = N'' AND l.[destination] = @p2) AS s\n" +

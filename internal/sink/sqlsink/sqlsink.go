@@ -224,7 +224,10 @@ func (s *Sink) checkpointsKeyed(ctx context.Context) (bool, error) {
 // migrateCheckpoints turns a _sluice_checkpoints keyed by destination alone
 // (sluice before destinations were told apart by pipeline) into one keyed by
 // pipeline and destination. The old rows become pipeline "" rows, from which
-// seedCheckpoint starts each pipeline's row.
+// seedCheckpoint starts each pipeline's row. PostgreSQL and SQL Server
+// change the table in place; SQLite, which cannot change a primary key,
+// rebuilds it in the order its documentation gives. Either way a user's
+// view on the table keeps working.
 //
 // Invariant 5: the migration runs in one transaction under a write lock on
 // the table, so no batch commits between the copy and the switch, and
