@@ -176,6 +176,12 @@ type token struct {
 	phase  uint8  // 0: main walk; 1: the duplicates tail
 	pos    uint64 // next position in the domain
 	pageNo uint64 // pages served so far in this round
+	// The round's order and duplicates are fixed when it starts, as a real
+	// nextLink's are: knobs changed mid-round must not make a resumed
+	// round skip or repeat items (the items before pos in the new order
+	// would never be delivered).
+	shuffle bool
+	dupPPM  uint64 // DuplicateRate in parts per million
 }
 
 const ticksAtUnixEpoch = 621355968000000000
@@ -192,9 +198,13 @@ func (t token) encode() string {
 		if t.full {
 			full = "1"
 		}
+		shuffle := "0"
+		if t.shuffle {
+			shuffle = "1"
+		}
 		parts = append(parts, full, strconv.FormatUint(t.from, 10), strconv.FormatUint(t.lo, 10),
 			strconv.FormatUint(t.hi, 10), strconv.Itoa(int(t.phase)), strconv.FormatUint(t.pos, 10),
-			strconv.FormatUint(t.pageNo, 10))
+			strconv.FormatUint(t.pageNo, 10), shuffle, strconv.FormatUint(t.dupPPM, 10))
 	}
 	return base64.StdEncoding.EncodeToString([]byte(strings.Join(parts, ";")))
 }
@@ -214,11 +224,11 @@ func decodeToken(s string) (token, error) {
 	nums := make([]uint64, 0, 10)
 	idx := []int{5, 6, 7}
 	if p[0] == "5" {
-		if len(p) != 15 {
+		if len(p) != 17 {
 			return token{}, errBadToken
 		}
 		t.page = true
-		idx = append(idx, 8, 9, 10, 11, 12, 13, 14)
+		idx = append(idx, 8, 9, 10, 11, 12, 13, 14, 15, 16)
 	}
 	for _, i := range idx {
 		n, err := strconv.ParseUint(p[i], 10, 64)
@@ -234,6 +244,7 @@ func decodeToken(s string) (token, error) {
 		t.full = nums[3] == 1
 		t.from, t.lo, t.hi = nums[4], nums[5], nums[6]
 		t.phase, t.pos, t.pageNo = uint8(nums[7]), nums[8], nums[9]
+		t.shuffle, t.dupPPM = nums[10] == 1, nums[11]
 	}
 	return t, nil
 }
@@ -372,6 +383,7 @@ func (s *Sim) serveDelta(w http.ResponseWriter, r *http.Request, rt route, l *Li
 	case !q.hasToken:
 		// A fresh enumeration of the current state (§1.1, §1.3).
 		cur = token{page: true, full: true, snap: l.seq, lo: 1, hi: uint64(max(len(l.items), 1))}
+		cur.shuffle, cur.dupPPM = knobs.roundShape()
 	case q.token == "latest":
 		// An empty page with a deltaLink for "now" (§1.7 B).
 		seq := l.seq
@@ -398,6 +410,7 @@ func (s *Sim) serveDelta(w http.ResponseWriter, r *http.Request, rt route, l *Li
 			lo := uint64(sort.Search(len(l.log), func(i int) bool { return l.log[i].change > from }))
 			lo -= min(lo, uint64(max(knobs.Replay, 0)))
 			cur = token{page: true, from: from, snap: l.seq, lo: lo, hi: uint64(len(l.log))}
+			cur.shuffle, cur.dupPPM = knobs.roundShape()
 		}
 	}
 	l.mu.Unlock()
@@ -460,6 +473,12 @@ func (s *Sim) writeGone(w http.ResponseWriter, r *http.Request, base string, q d
 	s.writeError(w, r, http.StatusGone, code.Code, msg, &innerError{Code: code.InnerCode})
 }
 
+// roundShape is what a round fixes when it starts: its order and its rate
+// of duplicates.
+func (k Knobs) roundShape() (shuffle bool, dupPPM uint64) {
+	return k.Shuffle, uint64(max(k.DuplicateRate, 0) * 1e6)
+}
+
 // buildPageLocked appends one page of items to b and returns the items, their
 // count, the next page's cursor, and whether the round is complete.
 //
@@ -480,9 +499,10 @@ func (l *List) buildPageLocked(b []byte, c token, q deltaQuery, k Knobs) ([]byte
 		return b, 0, c, false
 	}
 	dupKey := l.salt ^ c.snap
-	dups := k.DuplicateRate > 0
+	dups := c.dupPPM > 0
+	dupRate := float64(c.dupPPM) / 1e6
 	isDup := func(id int) bool {
-		return dups && float64(mix(dupKey, uint64(id))>>11)/(1<<53) < k.DuplicateRate
+		return dups && float64(mix(dupKey, uint64(id))>>11)/(1<<53) < dupRate
 	}
 	n := c.hi - c.lo
 	scanned, maxScan := 0, 8*top+1024
@@ -496,7 +516,7 @@ func (l *List) buildPageLocked(b []byte, c token, q deltaQuery, k Knobs) ([]byte
 			break
 		}
 		p := c.pos
-		if k.Shuffle {
+		if c.shuffle {
 			p = permute(p, n, dupKey+uint64(c.phase))
 		}
 		c.pos++

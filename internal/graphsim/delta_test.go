@@ -396,3 +396,44 @@ func TestTLS(t *testing.T) {
 	}
 	assertFold(t, state, list)
 }
+
+// A round's order and duplicates are fixed when it starts, as a real
+// nextLink's are. Knobs changed while a client is mid-round (the chaos
+// suite turns Graph's habits off at its end) used to change the meaning of
+// the nextLink's position: a full round resumed in id order after shuffled
+// pages skipped thousands of items, and a reader reconciled them as deletes.
+func TestKnobsChangedMidRoundKeepTheRoundWhole(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name          string
+		before, after graphsim.Knobs
+	}{
+		{"shuffle off", graphsim.Knobs{Shuffle: true}, graphsim.Knobs{}},
+		{"shuffle on", graphsim.Knobs{}, graphsim.Knobs{Shuffle: true}},
+		{"duplicates off", graphsim.Knobs{DuplicateRate: 0.3, Shuffle: true}, graphsim.Knobs{}},
+		{"duplicates on", graphsim.Knobs{}, graphsim.Knobs{DuplicateRate: 0.3}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, graphsim.Options{})
+			e.list.Populate(500, 9)
+			e.list.SetKnobs(tc.before)
+			state := map[string]map[string]any{}
+			_, pages := e.c.round(e.deltaURL("$expand=fields&$top=40"), state, func(n int) {
+				if n == 4 {
+					e.list.SetKnobs(tc.after)
+				}
+			})
+			seen := map[string]bool{}
+			for _, p := range pages {
+				for _, it := range p.Value {
+					seen[it["id"].(string)] = true
+				}
+			}
+			if len(seen) != 500 {
+				t.Fatalf("a full round of 500 items whose knobs changed after page 4 delivered %d of them", len(seen))
+			}
+			assertFold(t, state, e.list)
+		})
+	}
+}
