@@ -151,6 +151,10 @@ func (l *Log) removeOrphans(ctx context.Context, st *State, from int64) error {
 			if s.first > head {
 				orphans = append(orphans, s)
 				past = true
+			} else if s.last > head {
+				// A stale writer's segment across the head: its next
+				// segments may start in a later bucket; look there too.
+				past = true
 			}
 			return nil
 		})
