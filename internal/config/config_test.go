@@ -666,6 +666,13 @@ func TestParseErrors(t *testing.T) {
 			},
 		},
 		{
+			name: "access token over plain http to a remote host",
+			data: lines("pipelines:", "  - name: p",
+				"    source: {type: sharepoint, site: s, list: l, graph_url: 'http://graph.example/v1.0', auth: {type: bearer, token: tok-marker}}",
+				"    destinations:", "      - {name: d, type: http, url: 'https://x.example/in'}"),
+			want: []string{`bad.yaml:3: pipelines[0].source.graph_url: plain http would carry the access token in clear text; use https (plain http is allowed only to a simulator on this machine: 127.0.0.1, localhost or [::1])`},
+		},
+		{
 			name: "bad headers",
 			data: head("      - name: d", "        type: http", "        url: https://x.example",
 				"        headers: {Content-Type: text/plain, 'Bad Name': x, x-team: a, X-Team: b}"),

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"net/textproto"
 	"net/url"
 	"slices"
@@ -171,7 +172,26 @@ func (d *decoder) source(o *obj) Source {
 	if a := o.child("auth", authKeys, nil); a != nil {
 		s.Auth = d.auth(a)
 	}
+	if s.GraphURL != "" && !tokenSafeURL(s.GraphURL) {
+		o.errorf("graph_url", "plain http would carry the access token in clear text; use https "+
+			"(plain http is allowed only to a simulator on this machine: 127.0.0.1, localhost or [::1])")
+	}
 	return s
+}
+
+// tokenSafeURL reports whether an access token may be sent to u: over
+// https, or over plain http to this machine (a local simulator).
+func tokenSafeURL(u string) bool {
+	p, err := url.Parse(u)
+	if err != nil {
+		return false
+	}
+	if p.Scheme == "https" {
+		return true
+	}
+	host := p.Hostname()
+	ip := net.ParseIP(host)
+	return host == "localhost" || ip != nil && ip.IsLoopback()
 }
 
 func (d *decoder) auth(o *obj) Auth {

@@ -123,10 +123,11 @@ func New(o Options) (*Client, error) {
 			t.static = o.Auth.Token.Reveal()
 		}
 	}
-	// An Entra token is good for every Graph call of the app: never put it on
-	// the wire in clear text, except to a simulator on this machine.
-	if t.cred != nil && u.Scheme != "https" && !isLoopback(u.Hostname()) {
-		return nil, fmt.Errorf("graph_url %q: Entra ID tokens are only sent over https (plain http is allowed for loopback simulators)", graphURL)
+	// An access token is good for every Graph call of the app, whether
+	// Entra issues it or it is given ready (bearer): never put it on the
+	// wire in clear text, except to a simulator on this machine.
+	if u.Scheme != "https" && !isLoopback(u.Hostname()) {
+		return nil, fmt.Errorf("graph_url %q: access tokens are only sent over https (plain http is allowed for loopback simulators)", graphURL)
 	}
 	c := &Client{
 		graph:           &url.URL{Scheme: u.Scheme, Host: u.Host},

@@ -15,7 +15,10 @@ func TestNewValidates(t *testing.T) {
 		err  string
 	}{
 		{"default URL with bearer", Options{Auth: bearer()}, ""},
-		{"bearer over plain http", Options{GraphURL: "http://sim.example:8080/v1.0", Auth: bearer()}, ""},
+		{"bearer over plain http to a remote host", Options{GraphURL: "http://sim.example:8080/v1.0", Auth: bearer()}, "only sent over https"},
+		{"bearer over plain http to loopback", Options{GraphURL: "http://127.0.0.1:8080/v1.0", Auth: bearer()}, ""},
+		{"bearer over plain http to localhost", Options{GraphURL: "http://localhost:8080/v1.0", Auth: bearer()}, ""},
+		{"bearer over plain http to [::1]", Options{GraphURL: "http://[::1]:8080/v1.0", Auth: bearer()}, ""},
 		{"bearer without token", Options{GraphURL: "https://graph.microsoft.com/v1.0", Auth: config.Auth{Type: config.AuthBearer}}, "needs a token"},
 		{"relative URL", Options{GraphURL: "graph.microsoft.com/v1.0", Auth: bearer()}, "want an absolute http(s) URL"},
 		{"query in URL", Options{GraphURL: "https://graph.microsoft.com/v1.0?x=1", Auth: bearer()}, "must not have a query"},
