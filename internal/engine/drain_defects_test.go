@@ -226,8 +226,7 @@ func TestStatusBusyDuringASlowBatchIsNotStuck(t *testing.T) {
 	}
 	// The same, with the checkpoint still for three minutes: stuck, and why.
 	ds := f.destStatusAt(t, time.Now().Add(3*time.Minute))
-	stalled, _ := ds["stalled"].(map[string]any)
-	if ds["state"] != "stuck" || stalled == nil || !strings.Contains(fmt.Sprint(stalled["reason"]), "busy") {
+	if state, _, why, ok := stallOf(ds); state != "stuck" || !ok || !strings.Contains(why, "busy") {
 		t.Fatalf("status three minutes later = %v; want stuck, busy", ds)
 	}
 	f.sink.mu.Lock()
@@ -264,8 +263,7 @@ func TestStatusRefusalsRightAfterProgressAreNotStuck(t *testing.T) {
 		t.Fatalf("status right after progress = %v; want ok", ds)
 	}
 	ds := f.destStatusAt(t, time.Now().Add(3*time.Minute))
-	stalled, _ := ds["stalled"].(map[string]any)
-	if ds["state"] != "stuck" || stalled == nil || !strings.Contains(fmt.Sprint(stalled["reason"]), "stale epoch") {
+	if state, _, why, ok := stallOf(ds); state != "stuck" || !ok || !strings.Contains(why, "stale epoch") {
 		t.Fatalf("status three minutes later = %v; want stuck, stale epoch", ds)
 	}
 }

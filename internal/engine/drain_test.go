@@ -538,8 +538,7 @@ func TestDrainRaisesItsEpochPastTheDestinations(t *testing.T) {
 	// The rewind counts as one outcome without progress, noted beside the
 	// checkpoint (the drain no longer owns it); one is not stuck.
 	ds := f.destStatus(t)
-	stalled, _ := ds["stalled"].(map[string]any)
-	if ds["state"] != "ok" || stalled == nil || stalled["count"] != 1.0 || !strings.Contains(fmt.Sprint(stalled["reason"]), "rewound") {
+	if state, n, why, ok := stallOf(ds); state != "ok" || !ok || n != 1 || !strings.Contains(why, "rewound") {
 		t.Fatalf("status after the rewound drain = %v", ds)
 	}
 	res, err = f.d.Drain(ctx, f.req(400))
@@ -656,6 +655,18 @@ func (f *fixture) destStatus(t *testing.T) map[string]any {
 	return f.destStatusAt(t, time.Now())
 }
 
+// stallOf reads a destination status entry: its state, and its stall's
+// count and reason (ok is false when it has no stall).
+func stallOf(ds map[string]any) (state string, count float64, reason string, ok bool) {
+	stalled, ok := ds["stalled"].(map[string]any)
+	if ok {
+		count, _ = stalled["count"].(float64)
+		reason = fmt.Sprint(stalled["reason"])
+	}
+	state, _ = ds["state"].(string)
+	return state, count, reason, ok
+}
+
 // destStatusAt is destStatus as status would answer it at now.
 func (f *fixture) destStatusAt(t *testing.T, now time.Time) map[string]any {
 	t.Helper()
@@ -688,8 +699,7 @@ func TestStatusShowsADestinationThatRefusesEveryDrain(t *testing.T) {
 		}
 	}
 	ds := f.destStatus(t)
-	stalled, _ := ds["stalled"].(map[string]any)
-	if ds["state"] != "stuck" || stalled == nil || stalled["count"] != 3.0 || !strings.Contains(fmt.Sprint(stalled["reason"]), "stale epoch") {
+	if state, n, why, ok := stallOf(ds); state != "stuck" || !ok || n != 3 || !strings.Contains(why, "stale epoch") {
 		t.Fatalf("status = %v; want stuck after 3 refusals, with the reason", ds)
 	}
 	// The destination accepts again: the next drain moves the checkpoint,
@@ -730,8 +740,7 @@ func TestStatusShowsADestinationAlwaysBusy(t *testing.T) {
 		t.Fatalf("status = %v; want ok right after 3 busy answers (a slow batch looks the same)", ds)
 	}
 	ds := f.destStatusAt(t, time.Now().Add(engine.StuckFor+time.Minute))
-	stalled, _ := ds["stalled"].(map[string]any)
-	if ds["state"] != "stuck" || stalled == nil || stalled["count"] != 3.0 || !strings.Contains(fmt.Sprint(stalled["reason"]), "busy") {
+	if state, n, why, ok := stallOf(ds); state != "stuck" || !ok || n != 3 || !strings.Contains(why, "busy") {
 		t.Fatalf("status = %v; want stuck once the busy answers lasted over StuckFor, with the reason", ds)
 	}
 	if err := lease.Release(ctx); err != nil {

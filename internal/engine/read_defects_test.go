@@ -76,21 +76,37 @@ func TestResyncOfUnchangedListLogsNoDeletes(t *testing.T) {
 	checkFold(t, f, "after the resync with 7 silent deletes")
 }
 
-// cancelAfterSource returns page n successfully and cancels the pass right
-// after, so that the commit following it fails.
-type cancelAfterSource struct {
+// pageHook passes a pass's page requests through, numbered from 1, and
+// calls before each (true: answer ctx.Err() instead of fetching) and after
+// each.
+type pageHook struct {
 	engine.Source
-	n      int64
+	before func(n int64) (stop bool)
+	after  func(n int64, err error)
 	served atomic.Int64
-	cancel context.CancelFunc
 }
 
-func (s *cancelAfterSource) Page(ctx context.Context, link string) (*sharepoint.Page, error) {
-	p, err := s.Source.Page(ctx, link)
-	if s.served.Add(1) == s.n {
-		s.cancel()
+func (h *pageHook) Page(ctx context.Context, link string) (*sharepoint.Page, error) {
+	n := h.served.Add(1)
+	if h.before != nil && h.before(n) {
+		return nil, ctx.Err()
+	}
+	p, err := h.Source.Page(ctx, link)
+	if h.after != nil {
+		h.after(n, err)
 	}
 	return p, err
+}
+
+// hookPages makes the fixture's passes go through h until restore.
+func (f *readFixture) hookPages(h *pageHook) (restore func()) {
+	open := f.reader.Open
+	f.reader.Open = func(p *config.Pipeline) (engine.Source, error) {
+		src, err := open(p)
+		h.Source = src
+		return h, err
+	}
+	return func() { f.reader.Open = open }
 }
 
 // Defect 4 (issue 11): a pass whose commit failed recorded its outcome with
@@ -103,17 +119,19 @@ func TestFailedPassNeverMovesHeadPastCursor(t *testing.T) {
 		t.Run(fmt.Sprint("cancel after page ", n), func(t *testing.T) {
 			t.Parallel()
 			f := newReadFixture(t, 5000)
-			open := f.reader.Open
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			f.reader.Open = func(p *config.Pipeline) (engine.Source, error) {
-				src, err := open(p)
-				return &cancelAfterSource{Source: src, n: n, cancel: cancel}, err
-			}
+			// Page n arrives, and the pass is cancelled right after: the
+			// commit following it fails.
+			restore := f.hookPages(&pageHook{after: func(i int64, _ error) {
+				if i == n {
+					cancel()
+				}
+			}})
 			if _, err := f.reader.ReadPipeline(ctx, f.p); err == nil {
 				t.Fatal("the cancelled pass reported no error")
 			}
-			f.reader.Open = open
+			restore()
 			res := f.read(t, context.Background())
 			if res.Head != 5000 {
 				t.Fatalf("a first load of 5,000 unchanged items, interrupted once, logged %d records; want 5,000 (no page logged twice)", res.Head)
@@ -123,23 +141,6 @@ func TestFailedPassNeverMovesHeadPastCursor(t *testing.T) {
 	}
 }
 
-// expireAfterSource expires every token once, right after serving its n-th
-// page: a 410 in the middle of a round.
-type expireAfterSource struct {
-	engine.Source
-	n      int64
-	served atomic.Int64
-	expire func()
-}
-
-func (s *expireAfterSource) Page(ctx context.Context, link string) (*sharepoint.Page, error) {
-	p, err := s.Source.Page(ctx, link)
-	if err == nil && s.served.Add(1) == s.n {
-		s.expire()
-	}
-	return p, err
-}
-
 // A 410 in the middle of a resync of an unchanged list restarts the round
 // at the same head under the same fence; its blobs of unchanged keys must
 // still get names of their own (found by review of the defect 1 fix).
@@ -147,11 +148,13 @@ func TestResyncRestartedMidRoundCompletes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	f := resyncFixture(t, 5000)
-	open := f.reader.Open
-	f.reader.Open = func(p *config.Pipeline) (engine.Source, error) {
-		src, err := open(p)
-		return &expireAfterSource{Source: src, n: 2, expire: f.list.ExpireTokens}, err
-	}
+	// Tokens expire again right after the second page that arrives.
+	var pages atomic.Int64
+	f.hookPages(&pageHook{after: func(_ int64, err error) {
+		if err == nil && pages.Add(1) == 2 {
+			f.list.ExpireTokens()
+		}
+	}})
 	res, err := f.reader.ReadPipeline(ctx, f.p)
 	if err != nil || res.Outcome != "read" || res.Deletes != 0 || res.Records != 0 {
 		t.Fatalf("resync restarted by a second 410: %+v, %v; want a completed pass that logged nothing", res, err)
@@ -186,21 +189,6 @@ func TestFinalCommitFailureLogsNoPageTwice(t *testing.T) {
 	}
 }
 
-// cancelWhenSource cancels the pass from its page requests as soon as cond
-// holds.
-type cancelWhenSource struct {
-	engine.Source
-	cond   func() bool
-	cancel context.CancelFunc
-}
-
-func (s *cancelWhenSource) Page(ctx context.Context, link string) (*sharepoint.Page, error) {
-	if s.cond() {
-		s.cancel()
-	}
-	return s.Source.Page(ctx, link)
-}
-
 // A round whose chain of unchanged keys lost a blob (as the old DropSeen of
 // a stale reader, defect 5, could do) must not stop the pipeline for good,
 // nor guess deletes: the round starts again.
@@ -212,15 +200,16 @@ func TestLostSeenChainRestartsRound(t *testing.T) {
 		st, err := lg.LoadState(context.Background())
 		return err == nil && st.Source.RoundSeen != ""
 	}
-	open := f.reader.Open
 	ctx, cancel := context.WithCancel(context.Background())
-	f.reader.Open = func(p *config.Pipeline) (engine.Source, error) {
-		src, err := open(p)
-		return &cancelWhenSource{Source: src, cond: chained, cancel: cancel}, err
-	}
+	restore := f.hookPages(&pageHook{before: func(int64) bool {
+		if chained() {
+			cancel()
+		}
+		return false
+	}})
 	_, _ = f.reader.ReadPipeline(ctx, f.p)
 	cancel()
-	f.reader.Open = open
+	restore()
 	st, err := lg.LoadState(context.Background())
 	if err != nil || st.Source.RoundSeen == "" || !st.Source.FullRound {
 		t.Fatalf("the interrupted resync left no chain of unchanged keys (%v); the test proves nothing", err)

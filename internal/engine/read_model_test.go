@@ -94,7 +94,7 @@ func TestReadModel(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				m := &modelCase{t: t, seed: seed, index: i, st: st, sim: sim, srv: srv, stats: &stats}
+				m := &modelCase{seed: seed, index: i, st: st, sim: sim, srv: srv, stats: &stats}
 				err = m.run()
 				_ = st.DeleteContainer(context.Background())
 				if err != nil {
@@ -142,7 +142,6 @@ type modelStats struct {
 }
 
 type modelCase struct {
-	t     *testing.T
 	seed  int64
 	index int
 	st    *azstore.Store
@@ -254,21 +253,44 @@ func (m *modelCase) run() error {
 		}
 		after := m.rng.IntN(2) == 0
 		ctx, cancel := context.WithCancel(context.Background())
-		var src *modelSource
+		// The pass is cancelled at the cancelAt-th page request: before
+		// sending it, or right after its answer arrived (so that the commit
+		// after it fails). Tokens expire after the expireAt-th.
+		var fired, expired atomic.Bool
+		hook := &pageHook{
+			before: func(n int64) bool {
+				if cancelAt > 0 && n == int64(cancelAt) && !after {
+					fired.Store(true)
+					cancel()
+					return true
+				}
+				return false
+			},
+			after: func(n int64, err error) {
+				if expireAt > 0 && n == int64(expireAt) && err == nil {
+					expired.Store(true)
+					m.list.ExpireTokens()
+				}
+				if cancelAt > 0 && n == int64(cancelAt) && after {
+					fired.Store(true)
+					cancel()
+				}
+			},
+		}
 		reader.Open = func(p *config.Pipeline) (engine.Source, error) {
 			c, err := sharepoint.New(sharepoint.Options{GraphURL: p.Source.GraphURL, Auth: p.Source.Auth, HTTPClient: m.srv.Client(),
 				Sleep: func(ctx context.Context, d time.Duration) error { return ctx.Err() }})
-			src = &modelSource{Source: c, cancelAt: cancelAt, after: after, cancel: cancel, expireAt: expireAt, expire: m.list.ExpireTokens}
-			return src, err
+			hook.Source = c
+			return hook, err
 		}
 		res, err := reader.ReadPipeline(ctx, m.p)
 		cancel()
 		m.stats.passes.Add(1)
 		m.stats.reconciled.Add(res.Deletes)
-		if src != nil && src.fired.Load() {
+		if fired.Load() {
 			m.stats.cancelled.Add(1)
 		}
-		if src != nil && src.expired.Load() {
+		if expired.Load() {
 			m.stats.midExpiries.Add(1)
 		}
 		if res.RoundRestarted {
@@ -280,7 +302,7 @@ func (m *modelCase) run() error {
 			return err
 		}
 		if err != nil {
-			if src == nil || !src.fired.Load() || !strings.Contains(err.Error(), context.Canceled.Error()) {
+			if !fired.Load() || !strings.Contains(err.Error(), context.Canceled.Error()) {
 				return fmt.Errorf("pass failed without being cancelled: %w", err)
 			}
 			cancelledBefore = true
@@ -450,38 +472,4 @@ func (m *modelCase) checkFold() error {
 		return fmt.Errorf("the log folds to %d items, the list has %d: %v", len(got), len(want), diff[:min(10, len(diff))])
 	}
 	return nil
-}
-
-// modelSource cancels the pass at the cancelAt-th page request: before
-// sending it, or right after its answer arrived (so that the commit after
-// it fails).
-type modelSource struct {
-	engine.Source
-	cancelAt int
-	after    bool
-	cancel   context.CancelFunc
-	served   atomic.Int64
-	fired    atomic.Bool
-	expireAt int
-	expire   func()
-	expired  atomic.Bool
-}
-
-func (s *modelSource) Page(ctx context.Context, link string) (*sharepoint.Page, error) {
-	n := s.served.Add(1)
-	if s.cancelAt > 0 && n == int64(s.cancelAt) && !s.after {
-		s.fired.Store(true)
-		s.cancel()
-		return nil, ctx.Err()
-	}
-	p, err := s.Source.Page(ctx, link)
-	if s.expireAt > 0 && n == int64(s.expireAt) && err == nil {
-		s.expired.Store(true)
-		s.expire()
-	}
-	if s.cancelAt > 0 && n == int64(s.cancelAt) && s.after {
-		s.fired.Store(true)
-		s.cancel()
-	}
-	return p, err
 }
