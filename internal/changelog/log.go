@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/azstore"
@@ -367,11 +368,15 @@ func (l *Log) listBucket(ctx context.Context, b int64) ([]segment, error) {
 	err := l.store.List(ctx, l.bucketPrefix(b), func(bi azstore.BlobInfo) error {
 		s, err := parseSegment(bi.Name, string(bi.ETag), bi.Metadata)
 		if err != nil {
-			// A blob without a segment's metadata was never committed
-			// (a segment's metadata is written with it, atomically): it
-			// can never be the one a scan needs, so it must not stop
-			// scans that merely list its bucket. A missing committed
-			// segment still fails the scan (ErrCorrupt).
+			if _, named := firstFromName(bi.Name); named && strings.HasSuffix(bi.Name, ".ndjson.gz") {
+				// Named like a segment but its metadata is unreadable: it
+				// may be the committed one, damaged. Skipping it could let
+				// a stale overlapping orphan be read in its place: fail.
+				return err
+			}
+			// A blob that is not named like a segment can never be the one
+			// a scan needs: it must not stop scans that merely list its
+			// bucket.
 			l.log.Warn("ignoring a blob that is not a segment", "pipeline", l.pipeline, "blob", bi.Name, "err", err.Error())
 			return nil
 		}

@@ -462,3 +462,36 @@ func TestScanDetectsCorruption(t *testing.T) {
 		t.Fatalf("scan over a missing segment: %d records, err %v; want 10 and ErrCorrupt", n, sc.Err())
 	}
 }
+
+// A blob that is not named like a segment never stops a scan; one named
+// like a segment whose metadata is unreadable does (it may be the committed
+// segment, damaged: skipping it could let an overlapping orphan be read).
+func TestScanAndForeignBlobs(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := testenv.Store(t)
+	l := newLog(t, st, nil)
+	appendPages(t, ctx, l, 3, 10, nil)
+	scanAll := func() error {
+		sc := l.Scan(ctx, 1, 30)
+		defer sc.Close()
+		for sc.Next() {
+		}
+		return sc.Err()
+	}
+	if _, err := st.Create(ctx, "orders/log/0000000000/notes.txt", []byte("hello"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := scanAll(); err != nil {
+		t.Fatalf("a foreign blob in the log's bucket stopped the scan: %v", err)
+	}
+	if _, err := st.Create(ctx, "orders/log/0000000000/00000000000000000011.ndjson.gz", []byte("x"), nil); err == nil {
+		t.Fatal("a segment's name was free")
+	}
+	if _, err := st.Create(ctx, "orders/log/0000000000/00000000000000000005.ndjson.gz", []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := scanAll(); err == nil {
+		t.Fatal("a segment-named blob without metadata was skipped silently")
+	}
+}
