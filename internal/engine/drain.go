@@ -170,6 +170,16 @@ func (d *Drainer) Drain(ctx context.Context, req DrainRequest) (DrainResult, err
 	lg := changelog.New(d.Store, p.Name, changelog.Options{Logger: d.Log})
 	res, err := d.drainLeased(ctx, req, lease, lg, log)
 	if err != nil {
+		if res.leaseKept {
+			// The host retries at once, and our own leftover lease would
+			// answer that retry, and every wake-up until it runs out, busy:
+			// one wake-up once the lease is surely gone (best effort; the
+			// host's retries are answered busy, not failed).
+			w := WakeUp{Pipeline: p.Name, Destination: dst.Name}
+			if qerr := d.Store.EnqueueAfter(ctx, d.Queue, w, d.LeaseDuration+5*time.Second); qerr != nil {
+				log.Warn("could not enqueue a wake-up for after the lease runs out", "err", qerr.Error())
+			}
+		}
 		return res, err
 	}
 	if res.Outcome == OutcomeRewound && !res.stallNoted {
